@@ -1,0 +1,1 @@
+//! Guest programs built from source by `build.rs`.

@@ -1,0 +1,1 @@
+//! snapvmm's VMM: KVM VM and vCPU set-up, guest memory, kernel loading and the vCPU run loop.
