@@ -1,1 +1,6 @@
 //! snapvmm's VMM: KVM VM and vCPU set-up, guest memory, kernel loading and the vCPU run loop.
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod memory;
