@@ -1,5 +1,7 @@
 //! Port I/O dispatch.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 /// What a device asks of the VMM after a guest access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceAction {
@@ -55,5 +57,80 @@ impl PioBus {
             Some((offset, dev)) => dev.pio_write(offset, data),
             None => DeviceAction::None,
         }
+    }
+}
+
+/// Shares one device between the vCPU thread and a host thread (the serial console's stdin reader).
+/// A poisoned lock means another thread panicked while holding the device; its state is still
+/// plain data that every access path keeps consistent, so the guest access goes on.
+impl<T: PioDevice> PioDevice for Arc<Mutex<T>> {
+    fn pio_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pio_read(offset, data)
+    }
+
+    fn pio_write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pio_write(offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remembers the last access so tests can see what offset the bus passed on.
+    #[derive(Default)]
+    struct Recorder {
+        last_write: Option<(u16, Vec<u8>)>,
+    }
+
+    impl PioDevice for Recorder {
+        fn pio_read(&mut self, offset: u16, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+
+        fn pio_write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
+            self.last_write = Some((offset, data.to_vec()));
+            DeviceAction::DebugExit(offset as u32)
+        }
+    }
+
+    #[test]
+    fn bus_passes_offsets_and_unclaimed_ports_read_all_ones() {
+        let mut bus = PioBus::default();
+        bus.insert(0x60, 5, Box::new(Recorder::default()));
+        let mut data = [0u8; 2];
+        bus.read(0x64, &mut data);
+        assert_eq!(data, [4, 4]);
+        bus.read(0x65, &mut data);
+        assert_eq!(data, [0xff, 0xff]);
+        assert_eq!(bus.write(0x62, &[1]), DeviceAction::DebugExit(2));
+        assert_eq!(bus.write(0x5f, &[1]), DeviceAction::None);
+    }
+
+    #[test]
+    fn shared_device_works_through_the_bus_and_survives_a_poisoned_lock() {
+        let shared = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = PioBus::default();
+        bus.insert(0x3f8, 8, Box::new(shared.clone()));
+
+        let poisoner = shared.clone();
+        let joined = std::thread::spawn(move || {
+            let _guard = poisoner.lock();
+            panic!("poison the lock on purpose");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(shared.is_poisoned());
+
+        assert_eq!(bus.write(0x3f9, &[7]), DeviceAction::DebugExit(1));
+        let mut data = [0u8; 1];
+        bus.read(0x3fb, &mut data);
+        assert_eq!(data, [3]);
+        let recorder = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(recorder.last_write, Some((1, vec![7])));
     }
 }
