@@ -3,4 +3,8 @@
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod device_manager;
 pub mod memory;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;

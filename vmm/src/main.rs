@@ -1,1 +1,139 @@
-fn main() {}
+//! `snapvmm`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::config::{KernelSource, MemSize, SerialOutput, VmConfig};
+use vmm::vm::Vm;
+
+/// Status for bad input or a VM that could not be set up (sysexits' EX_USAGE).
+const STATUS_SETUP_ERROR: u8 = 64;
+
+// TEMPORARY until guest-tools exposes its guests.
+const BUILTIN_GUESTS: &[(&str, &[u8])] = &[];
+
+#[derive(Parser)]
+#[command(
+    name = "snapvmm",
+    version,
+    about = "A small KVM VMM for snapshot fuzzing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest and run it until it stops. With no --kernel, boots the built-in `hello` guest.
+    Run(RunArgs),
+    /// List the guests built into this binary.
+    Guests,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kernel to boot: a Linux bzImage, an ELF vmlinux, a 64-bit ELF, or a PVH/Multiboot ELF.
+    #[arg(long, value_name = "PATH", conflicts_with = "guest")]
+    kernel: Option<PathBuf>,
+    /// Boot a guest built into snapvmm (see `snapvmm guests`).
+    #[arg(long, value_name = "NAME")]
+    guest: Option<String>,
+    /// Initial ramdisk for a Linux kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    cmdline: String,
+    /// Guest RAM, e.g. 256M or 1G.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    mem: MemSize,
+    /// Where COM1 output goes: stdio or file:PATH.
+    #[arg(long, value_name = "stdio|file:PATH", default_value = "stdio")]
+    serial: SerialOutput,
+    /// Stop the guest after this many seconds (status 68).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SNAPVMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line: clap's first line names the argument and the reason.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("snapvmm: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(STATUS_SETUP_ERROR);
+        }
+    };
+    match cli.command {
+        Command::Guests => {
+            for (name, _) in BUILTIN_GUESTS {
+                println!("{name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => match run(args) {
+            Ok(status) => ExitCode::from(status),
+            Err(error) => {
+                eprintln!("snapvmm: {error}");
+                ExitCode::from(STATUS_SETUP_ERROR)
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let kernel = match (args.kernel, args.guest.as_deref()) {
+        (Some(path), _) => KernelSource::File(path),
+        (None, name) => {
+            let name = name.unwrap_or("hello");
+            let (name, image) = BUILTIN_GUESTS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .copied()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no built-in guest named '{name}' (see `snapvmm guests`)")
+                })?;
+            if args.guest.is_none() {
+                eprintln!("snapvmm: no --kernel given: booting the built-in '{name}' guest");
+            }
+            KernelSource::Builtin { name, image }
+        }
+    };
+    let timeout = match args.timeout {
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(secs) => anyhow::bail!("--timeout {secs} is not a positive number of seconds"),
+        None => None,
+    };
+    let config = VmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem_bytes: args.mem.0,
+        serial: args.serial,
+        timeout,
+    };
+    let mut vm = Vm::new(&config)?;
+    let reason = vm.run()?;
+    let status = reason.exit_status();
+    eprintln!("snapvmm: {reason} (exit status {status})");
+    Ok(status)
+}

@@ -31,6 +31,8 @@ pub const IDENTITY_MAPPED_BYTES: u64 = 4 << 30;
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// The command line may use up to this many bytes, terminator included.
 pub const CMDLINE_MAX_BYTES: usize = 0x1_0000;
+/// Everything below this belongs to the VMM's boot structures; kernels must load above it.
+pub const BOOT_AREA_END: u64 = CMDLINE_ADDR + CMDLINE_MAX_BYTES as u64;
 /// Start of the BIOS extended data area; nothing below 1 MiB above this is RAM to the guest.
 pub const EBDA_START: u64 = 0x9_FC00;
 /// Kernels load at or above 1 MiB.

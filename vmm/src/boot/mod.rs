@@ -25,8 +25,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use crate::arch::cpu::EntryPoint;
 use crate::arch::gdt::BOOT_GDT;
 use crate::arch::layout::{
-    low_ram_end, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR, HIGH_MEMORY_START, IDT_ADDR,
-    INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+    low_ram_end, BOOT_AREA_END, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR, HIGH_MEMORY_START,
+    IDT_ADDR, INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
 };
 use crate::arch::paging::write_identity_tables;
 use elf::{ElfClass, ElfError, ElfImage};
@@ -42,7 +42,7 @@ pub enum BootError {
     Elf(#[from] ElfError),
     #[error("a 32-bit ELF kernel needs a PVH note or a Multiboot header")]
     NoBootProtocol,
-    #[error("the kernel occupies {start:#x}..{end:#x}, outside guest RAM above 1 MiB (RAM ends at {ram_end:#x})")]
+    #[error("the kernel occupies {start:#x}..{end:#x}: it must lie in guest RAM between {BOOT_AREA_END:#x} and {ram_end:#x}")]
     KernelOutsideRam { start: u64, end: u64, ram_end: u64 },
     #[error("cannot load the kernel: {0}")]
     Loader(#[from] linux_loader::loader::Error),
@@ -102,7 +102,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     let (protocol, entry_addr, kernel_end, bz_header) = if elf::is_elf(kernel) {
         let image = ElfImage::parse(kernel)?;
         let (start, end) = image.phys_span().ok_or(ElfError::NothingToLoad)?;
-        if start < HIGH_MEMORY_START || end > ram_end {
+        if start < BOOT_AREA_END || end > ram_end {
             return Err(BootError::KernelOutsideRam {
                 start,
                 end,

@@ -1,0 +1,244 @@
+//! Building a VM from a `VmConfig` and running it: KVM objects, memory slots, the in-kernel
+//! irqchip and PIT, the boot vCPU and the devices.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::arch::cpu::{
+    entry_fpu, entry_msrs, entry_regs, entry_sregs, patch_cpuid, wire_lapic_lint,
+};
+use crate::arch::layout::KVM_TSS_ADDR;
+use crate::boot::{load_kernel, BootError, BootSetup, InitrdSource};
+use crate::config::{KernelSource, SerialOutput, VmConfig};
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::memory::{GuestRam, MemoryError};
+use crate::signals;
+use crate::vcpu::{run_vcpu, StopReason, TIMED_OUT};
+
+/// Kernel images larger than this are refused before reading them whole.
+const MAX_KERNEL_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is {size} bytes, larger than {limit} bytes")]
+    FileTooLarge {
+        what: &'static str,
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("cannot boot the kernel: {0}")]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error("cannot open serial output {path}: {source}")]
+    SerialOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    pub kvm: Kvm,
+    pub vm_fd: VmFd,
+    pub vcpu: VcpuFd,
+    pub ram: GuestRam,
+    pub devices: DeviceManager,
+    pub boot: BootSetup,
+    timeout: Option<Duration>,
+}
+
+fn open_sized(what: &'static str, path: &Path, limit: u64) -> Result<(File, u64), VmError> {
+    let read_err = |source| VmError::ReadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > limit {
+        return Err(VmError::FileTooLarge {
+            what,
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    Ok((file, size))
+}
+
+impl Vm {
+    /// Creates the VM, loads the kernel and prepares the boot vCPU. Nothing runs yet.
+    pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        // Read the user's files before touching KVM, so bad input fails fast and cleanly.
+        let kernel_image: std::borrow::Cow<[u8]> = match &config.kernel {
+            KernelSource::File(path) => {
+                let (mut file, size) =
+                    open_sized("kernel", path, MAX_KERNEL_BYTES.min(config.mem_bytes))?;
+                let mut bytes = Vec::with_capacity(size as usize);
+                file.read_to_end(&mut bytes)
+                    .map_err(|source| VmError::ReadFile {
+                        what: "kernel",
+                        path: path.clone(),
+                        source,
+                    })?;
+                bytes.into()
+            }
+            KernelSource::Builtin { image, .. } => (*image).into(),
+        };
+        let mut initrd = match &config.initrd {
+            Some(path) => Some(open_sized("initrd", path, config.mem_bytes)?),
+            None => None,
+        };
+        let serial_out: Box<dyn std::io::Write + Send> = match &config.serial {
+            SerialOutput::Stdio => Box::new(std::io::stdout()),
+            SerialOutput::File(path) => {
+                Box::new(File::create(path).map_err(|source| VmError::SerialOutput {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+        };
+
+        let ram = GuestRam::new(config.mem_bytes)?;
+        let boot = load_kernel(
+            &ram.memory,
+            config.mem_bytes,
+            &kernel_image,
+            initrd.as_mut().map(|(file, size)| InitrdSource {
+                reader: file,
+                size: *size,
+            }),
+            &config.cmdline,
+        )?;
+
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("SET_TSS_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(kvm_err("CREATE_PIT2"))?;
+        for (slot, (guest_addr, len, host_addr)) in ram.slots().into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: guest_addr,
+                memory_size: len,
+                userspace_addr: host_addr,
+            };
+            // SAFETY: the region is a live mapping owned by `ram`, which the Vm keeps alive for
+            // as long as the VM fd exists.
+            unsafe { vm_fd.set_user_memory_region(region) }
+                .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
+        }
+        let devices = DeviceManager::new(&vm_fd, serial_out)?;
+        let vcpu = create_boot_vcpu(&kvm, &vm_fd, &boot)?;
+        Ok(Vm {
+            kvm,
+            vm_fd,
+            vcpu,
+            ram,
+            devices,
+            boot,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Runs the guest on the calling thread until it stops.
+    pub fn run(&mut self) -> Result<StopReason, VmError> {
+        signals::install().map_err(VmError::Signals)?;
+        let _input = self.devices.start_stdin_forwarding();
+        let (done, kicker) = match self.timeout {
+            Some(timeout) => {
+                let (done, wait) = mpsc::channel::<()>();
+                let vcpu_thread = signals::current_thread();
+                let handle = std::thread::spawn(move || {
+                    signals::block_async_signals();
+                    if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                        TIMED_OUT.store(true, Ordering::SeqCst);
+                        signals::kick(vcpu_thread);
+                    }
+                });
+                (Some(done), Some(handle))
+            }
+            None => (None, None),
+        };
+        let memory = &self.ram.memory;
+        let read_guest =
+            |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
+        let reason = run_vcpu(&mut self.vcpu, &mut self.devices, &read_guest);
+        drop(done);
+        if let Some(handle) = kicker {
+            let _ = handle.join();
+        }
+        Ok(reason)
+    }
+}
+
+/// Creates vCPU 0 and sets the entry state.
+///
+/// KVM's ordering rules for vCPU set-up: CPUID before anything that depends on the CPU model
+/// (MSRs, sregs: KVM validates CR4/EFER bits against CPUID); SREGS before REGS is not required,
+/// but LAPIC must come after the irqchip exists (it does: the VM created it first).
+fn create_boot_vcpu(kvm: &Kvm, vm_fd: &VmFd, boot: &BootSetup) -> Result<VcpuFd, VmError> {
+    let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("CREATE_VCPU"))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
+    patch_cpuid(&mut cpuid, 0);
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
+    let msrs = Msrs::from_entries(&entry_msrs()).map_err(|_| VmError::Kvm {
+        what: "SET_MSRS (building the list)",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    vcpu.set_msrs(&msrs).map_err(kvm_err("SET_MSRS"))?;
+    vcpu.set_fpu(&entry_fpu()).map_err(kvm_err("SET_FPU"))?;
+    let base = vcpu.get_sregs().map_err(kvm_err("GET_SREGS"))?;
+    vcpu.set_sregs(&entry_sregs(boot.entry, &base))
+        .map_err(kvm_err("SET_SREGS"))?;
+    vcpu.set_regs(&entry_regs(boot.entry))
+        .map_err(kvm_err("SET_REGS"))?;
+    let mut lapic = vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
+    wire_lapic_lint(&mut lapic);
+    vcpu.set_lapic(&lapic).map_err(kvm_err("SET_LAPIC"))?;
+    Ok(vcpu)
+}
