@@ -54,7 +54,7 @@ struct RunArgs {
     #[arg(long, value_name = "stdio|file:PATH", default_value = "stdio")]
     serial: SerialOutput,
     /// Stop the guest after this many seconds (status 68).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
 }
 
