@@ -99,6 +99,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let timeout = match args.timeout {
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(secs) => anyhow::bail!("--timeout {secs} is not a positive number of seconds"),
+        None => None,
+    };
     let kernel = match (args.kernel, args.guest.as_deref()) {
         (Some(path), _) => KernelSource::File(path),
         (None, name) => {
@@ -115,13 +122,6 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             KernelSource::Builtin { name, image }
         }
-    };
-    let timeout = match args.timeout {
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
-            Some(Duration::from_secs_f64(secs))
-        }
-        Some(secs) => anyhow::bail!("--timeout {secs} is not a positive number of seconds"),
-        None => None,
     };
     let config = VmConfig {
         kernel,
