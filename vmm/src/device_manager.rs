@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use devices::debug_exit::{DebugExitDevice, DEBUG_EXIT_PORT_BASE, DEBUG_EXIT_PORT_LEN};
+use devices::i8042::{I8042Device, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
 use devices::{DeviceAction, PioBus};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -57,6 +58,7 @@ impl DeviceManager {
         let serial = Arc::new(Mutex::new(serial));
         let mut pio = PioBus::default();
         pio.insert(COM1_PORT_BASE, SERIAL_PORT_LEN, Box::new(serial.clone()));
+        pio.insert(I8042_PORT_BASE, I8042_PORT_LEN, Box::new(I8042Device::new()));
         pio.insert(
             DEBUG_EXIT_PORT_BASE,
             DEBUG_EXIT_PORT_LEN,
