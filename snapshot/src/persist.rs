@@ -16,7 +16,10 @@ pub enum PersistError {
 
 impl PersistError {
     pub fn invalid(what: &'static str, why: impl Into<String>) -> Self {
-        PersistError::Invalid { what, why: why.into() }
+        PersistError::Invalid {
+            what,
+            why: why.into(),
+        }
     }
 }
 
