@@ -46,7 +46,7 @@ impl HostRamRegion {
     /// threads.
     pub unsafe fn new(host_addr: *mut u8, len: usize) -> Result<Self, RamLayoutError> {
         let addr = host_addr as usize;
-        if len == 0 || addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || addr & (PAGE_SIZE - 1) != 0 || len & (PAGE_SIZE - 1) != 0 {
             return Err(RamLayoutError::Misaligned {
                 host_addr: addr,
                 len,
@@ -72,7 +72,7 @@ impl HostRamRegion {
         file: Arc<File>,
         offset: u64,
     ) -> Result<Self, RamLayoutError> {
-        if offset % PAGE_SIZE as u64 != 0 {
+        if offset & (PAGE_SIZE as u64 - 1) != 0 {
             return Err(RamLayoutError::MisalignedFileOffset { offset });
         }
         self.backing = Some((file, offset));

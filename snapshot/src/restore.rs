@@ -119,10 +119,16 @@ mod tests {
             RamLayout::new(regions).unwrap()
         }
 
-        fn page_mut(&self, layout: &RamLayout, page: usize) -> &mut [u8] {
+        fn fill_page(&self, layout: &RamLayout, page: usize, content: &[u8]) {
             let addr = layout.host_addr_of_page(page).unwrap();
             // SAFETY: the page is inside one of this value's mappings; tests are single threaded.
-            unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, PAGE_SIZE) }
+            unsafe { std::ptr::copy_nonoverlapping(content.as_ptr(), addr as *mut u8, PAGE_SIZE) };
+        }
+
+        fn page(&self, layout: &RamLayout, page: usize) -> &[u8] {
+            let addr = layout.host_addr_of_page(page).unwrap();
+            // SAFETY: the page is inside one of this value's mappings; tests are single threaded.
+            unsafe { std::slice::from_raw_parts(addr as *const u8, PAGE_SIZE) }
         }
     }
 
@@ -147,21 +153,21 @@ mod tests {
                 .file()
                 .write_all_at(&content, (page * PAGE_SIZE) as u64)
                 .unwrap();
-            ram.page_mut(&layout, page).copy_from_slice(&content);
+            ram.fill_page(&layout, page, &content);
         }
         // The guest writes pages in both regions; only some are reported dirty.
         let mut dirty = DirtyPages::new(total);
         for page in [0, 39, 40, 63, 17] {
-            ram.page_mut(&layout, page).fill(0xff);
+            ram.fill_page(&layout, page, &[0xff; PAGE_SIZE]);
             dirty.insert(page).unwrap();
         }
-        ram.page_mut(&layout, 20).fill(0xee); // written but not reported: must stay as is
+        ram.fill_page(&layout, 20, &[0xee; PAGE_SIZE]); // written but not reported: must stay as is
         let stats = restore_dirty_pages(&layout, &snapshot, &dirty).unwrap();
         assert_eq!(stats.pages, 5);
         for page in 0..total {
             let expected = if page == 20 { 0xee } else { page as u8 ^ 0x5a };
             assert!(
-                ram.page_mut(&layout, page).iter().all(|&b| b == expected),
+                ram.page(&layout, page).iter().all(|&b| b == expected),
                 "page {page}"
             );
         }

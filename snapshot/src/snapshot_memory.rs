@@ -90,7 +90,7 @@ pub struct SnapshotMemory {
 impl SnapshotMemory {
     /// A new, zero-filled (sparse) memfd of `len` bytes.
     pub fn create(len: usize) -> Result<Self, SnapshotMemoryError> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || len & (PAGE_SIZE - 1) != 0 {
             return Err(SnapshotMemoryError::BadLength(len));
         }
         // SAFETY: memfd_create with a valid NUL-terminated name; the returned fd is checked.
@@ -119,7 +119,7 @@ impl SnapshotMemory {
 
     /// Wraps an existing file (for example a memory file loaded from disk) whose length must be `len`.
     pub fn from_file(file: File, len: usize) -> Result<Self, SnapshotMemoryError> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || len & (PAGE_SIZE - 1) != 0 {
             return Err(SnapshotMemoryError::BadLength(len));
         }
         let actual = file.metadata().map_err(SnapshotMemoryError::Query)?.len();

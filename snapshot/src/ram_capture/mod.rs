@@ -33,6 +33,9 @@ use crate::ram_layout::{RamLayout, RegionSpan, PAGE_SIZE};
 use crate::snapshot_memory::SnapshotMemory;
 use claims::{runs, PageClaims, PAGES_PER_WORD};
 
+/// `(host address, length in bytes)`.
+type HostRange = (usize, usize);
+
 /// Pages the copier takes at a time: 2 MiB, so unprotecting never splits a transparent huge page.
 const WORDS_PER_UNIT: usize = 512 / PAGES_PER_WORD;
 
@@ -479,10 +482,7 @@ fn coalesce(sorted: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
 }
 
 /// Splits address ranges into two lists, the first holding about `first_bytes` (page aligned).
-fn split_ranges(
-    ranges: &[(usize, usize)],
-    first_bytes: usize,
-) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn split_ranges(ranges: &[(usize, usize)], first_bytes: usize) -> (Vec<HostRange>, Vec<HostRange>) {
     let mut first = Vec::new();
     let mut second = Vec::new();
     let mut left = first_bytes / PAGE_SIZE * PAGE_SIZE;
