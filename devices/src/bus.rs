@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::pci::BarRelocations;
+
 /// What a device asks of the VMM after a guest access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceAction {
@@ -11,6 +13,10 @@ pub enum DeviceAction {
     Reset,
     /// The guest wrote a code to the debug-exit port.
     DebugExit(u32),
+    /// A PCI config write moved memory BARs or switched their decoding on or off. The VMM moves
+    /// host-memory-backed BARs (memslots) accordingly; MMIO-trapped BARs need nothing, the
+    /// `PciBus` routes them itself.
+    BarsRelocated(BarRelocations),
 }
 
 /// A device on the port I/O bus. `offset` is relative to the device's base port.

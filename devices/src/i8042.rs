@@ -469,7 +469,7 @@ mod tests {
         for _ in 0..50_000 {
             let offset = (rng.next_u64() % 8) as u16;
             let len = [1usize, 2, 4][(rng.next_u64() % 3) as usize];
-            if rng.next_u64() & 1 == 0 {
+            if rng.one_in(2) {
                 let mut data = vec![0; len];
                 device.pio_read(offset, &mut data);
             } else if device.pio_write(offset, &rng.next_u32().to_le_bytes()[..len])

@@ -16,6 +16,7 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pci;
 pub mod serial;
 #[cfg(test)]
 mod test_rng;

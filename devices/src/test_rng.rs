@@ -18,12 +18,16 @@ impl TestRng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// True with probability 1/n.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.next_u64() < u64::MAX / n.max(1)
+    }
+
     pub fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
     }
 
     /// Interesting values more often than uniform ones: all ones, zero, single bits, sizing masks.
-    #[allow(dead_code)]
     pub fn next_config_value(&mut self) -> u32 {
         match self.next_u64() % 6 {
             0 => u32::MAX,
