@@ -425,6 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn shared_with_a_stdin_thread_through_the_bus() {
+        let (device, output, _irq) = device();
+        let shared = Arc::new(Mutex::new(device));
+        let mut bus = crate::PioBus::default();
+        bus.insert(COM1_PORT_BASE, SERIAL_PORT_LEN, Box::new(shared.clone()));
+        let typist = shared.clone();
+        std::thread::spawn(move || typist.lock().unwrap().enqueue_input(b"k"))
+            .join()
+            .unwrap();
+        let mut data = [0u8];
+        bus.read(COM1_PORT_BASE, &mut data);
+        assert_eq!(data, *b"k");
+        bus.write(COM1_PORT_BASE, b"o");
+        assert_eq!(output.contents(), b"o");
+    }
+
+    #[test]
     fn divisor_latch_is_reachable_with_dlab() {
         let (mut device, output, _irq) = device();
         device.pio_write(LCR, &[0x80]);
