@@ -15,6 +15,7 @@ pub mod persist;
 pub mod ram_capture;
 pub mod ram_layout;
 pub mod restore;
+pub mod snapshot_dir;
 pub mod snapshot_memory;
 
 pub use dirty_pages::{DirtyGfn, DirtyPages, DirtyPagesError, SlotMap};
@@ -24,4 +25,7 @@ pub use ram_capture::{
 };
 pub use ram_layout::{HostRamRegion, RamLayout, RamLayoutError, PAGE_SIZE};
 pub use restore::{restore_dirty_pages, RestoreError, RestoreStats};
+pub use snapshot_dir::{
+    save_snapshot, save_snapshot_bytes, LoadedSnapshot, MemoryImage, PayloadKind, SnapshotDirError,
+};
 pub use snapshot_memory::{FileMapping, SnapshotMemory, SnapshotMemoryError};

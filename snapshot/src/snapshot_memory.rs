@@ -80,7 +80,8 @@ impl Drop for FileMapping {
 pub struct SnapshotMemory {
     file: File,
     len: usize,
-    /// Shared read-write mapping of the whole file, used by the restore path.
+    /// Shared read-only mapping of the whole file, read by the restore path (captures write the
+    /// file with pwrite).
     mapping: FileMapping,
     /// True while the file is known to be all holes (freshly created): capture then skips zero pages
     /// without punching them.
@@ -102,13 +103,8 @@ impl SnapshotMemory {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(len as u64)
             .map_err(SnapshotMemoryError::Resize)?;
-        let mapping = FileMapping::new(
-            &file,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-        )
-        .map_err(SnapshotMemoryError::Map)?;
+        let mapping = FileMapping::new(&file, len, libc::PROT_READ, libc::MAP_SHARED)
+            .map_err(SnapshotMemoryError::Map)?;
         Ok(SnapshotMemory {
             file,
             len,
@@ -118,6 +114,7 @@ impl SnapshotMemory {
     }
 
     /// Wraps an existing file (for example a memory file loaded from disk) whose length must be `len`.
+    /// Capturing into it needs the file to be open for writing.
     pub fn from_file(file: File, len: usize) -> Result<Self, SnapshotMemoryError> {
         if len == 0 || len & (PAGE_SIZE - 1) != 0 {
             return Err(SnapshotMemoryError::BadLength(len));
@@ -129,13 +126,8 @@ impl SnapshotMemory {
                 actual,
             });
         }
-        let mapping = FileMapping::new(
-            &file,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-        )
-        .map_err(SnapshotMemoryError::Map)?;
+        let mapping = FileMapping::new(&file, len, libc::PROT_READ, libc::MAP_SHARED)
+            .map_err(SnapshotMemoryError::Map)?;
         Ok(SnapshotMemory {
             file,
             len,
