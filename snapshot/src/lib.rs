@@ -17,6 +17,7 @@ pub mod ram_layout;
 pub mod restore;
 pub mod snapshot_dir;
 pub mod snapshot_memory;
+pub mod vm_state;
 
 pub use dirty_pages::{DirtyGfn, DirtyPages, DirtyPagesError, SlotMap};
 pub use persist::{Persist, PersistError};
@@ -29,3 +30,6 @@ pub use snapshot_dir::{
     save_snapshot, save_snapshot_bytes, LoadedSnapshot, MemoryImage, PayloadKind, SnapshotDirError,
 };
 pub use snapshot_memory::{FileMapping, SnapshotMemory, SnapshotMemoryError};
+pub use vm_state::{
+    DeviceState, IrqchipState, MemoryRegionState, MsrEntry, VcpuState, VmState, VmStateError,
+};
