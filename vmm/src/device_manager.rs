@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use devices::debug_exit::{DebugExitDevice, DEBUG_EXIT_PORT_BASE, DEBUG_EXIT_PORT_LEN};
 use devices::i8042::{I8042Device, I8042_PORT_BASE, I8042_PORT_LEN};
+use devices::pci::{BarRelocation, PciBus, PCI_CONFIG_PORT_BASE, PCI_CONFIG_PORT_LEN};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
 use devices::{DeviceAction, PioBus};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -35,6 +36,7 @@ pub enum DeviceManagerError {
 pub struct DeviceManager {
     pio: PioBus,
     serial: Arc<Mutex<SerialDevice>>,
+    pci: Arc<Mutex<PciBus>>,
 }
 
 impl DeviceManager {
@@ -58,18 +60,54 @@ impl DeviceManager {
         let serial = Arc::new(Mutex::new(serial));
         let mut pio = PioBus::default();
         pio.insert(COM1_PORT_BASE, SERIAL_PORT_LEN, Box::new(serial.clone()));
-        pio.insert(I8042_PORT_BASE, I8042_PORT_LEN, Box::new(I8042Device::new()));
+        pio.insert(
+            I8042_PORT_BASE,
+            I8042_PORT_LEN,
+            Box::new(I8042Device::new()),
+        );
+        let pci = Arc::new(Mutex::new(PciBus::new()));
+        pio.insert(
+            PCI_CONFIG_PORT_BASE,
+            PCI_CONFIG_PORT_LEN,
+            Box::new(pci.clone()),
+        );
         pio.insert(
             DEBUG_EXIT_PORT_BASE,
             DEBUG_EXIT_PORT_LEN,
             Box::new(DebugExitDevice::new()),
         );
-        Ok(DeviceManager { pio, serial })
+        Ok(DeviceManager { pio, serial, pci })
     }
 
     /// Forwards the host's stdin to COM1 until the returned handle is dropped.
     pub fn start_stdin_forwarding(&self) -> Option<StdinForwarder> {
         StdinForwarder::start(self.serial.clone()).ok()
+    }
+}
+
+impl DeviceManager {
+    /// Follows a guest's BAR re-programming. BARs whose accesses trap are routed by the bus
+    /// itself; nothing else needs moving yet.
+    fn follow_bars(&mut self, action: DeviceAction) -> DeviceAction {
+        match action {
+            DeviceAction::BarsRelocated(relocations) => {
+                for relocation in relocations.iter() {
+                    self.move_bar(relocation);
+                }
+                DeviceAction::None
+            }
+            other => other,
+        }
+    }
+
+    fn move_bar(&mut self, relocation: BarRelocation) {
+        tracing::debug!(?relocation, "guest moved a PCI BAR");
+    }
+
+    fn pci(&self) -> std::sync::MutexGuard<'_, PciBus> {
+        self.pci
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -79,16 +117,18 @@ impl IoBus for DeviceManager {
     }
 
     fn pio_write(&mut self, port: u16, data: &[u8]) -> DeviceAction {
-        self.pio.write(port, data)
+        let action = self.pio.write(port, data);
+        self.follow_bars(action)
     }
 
-    fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
-        // Unclaimed MMIO reads as all ones, like a PC bus with nothing behind the address.
-        data.fill(0xff);
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        // Unclaimed MMIO reads as all ones (the bus does that), like a PC with nothing there.
+        self.pci().mmio_read(addr, data);
     }
 
-    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> DeviceAction {
-        DeviceAction::None
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction {
+        let action = self.pci().mmio_write(addr, data);
+        self.follow_bars(action)
     }
 }
 

@@ -128,6 +128,8 @@ fn device_decision(action: DeviceAction) -> ExitDecision {
         DeviceAction::None => ExitDecision::Continue,
         DeviceAction::Reset => ExitDecision::Stop(StopReason::Reset),
         DeviceAction::DebugExit(code) => ExitDecision::Stop(StopReason::DebugExit(code)),
+        // The device manager follows BAR moves before the action gets here.
+        DeviceAction::BarsRelocated(_) => ExitDecision::Continue,
     }
 }
 

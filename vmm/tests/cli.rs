@@ -43,7 +43,12 @@ fn snapvmm(args: &[&str]) -> Outcome {
 fn assert_clean_failure(outcome: &Outcome, expected: &str) {
     assert_eq!(outcome.status, SETUP_ERROR, "stderr: {}", outcome.stderr);
     assert!(!outcome.stderr.contains("panicked"), "{}", outcome.stderr);
-    assert_eq!(outcome.stderr.lines().count(), 1, "not one line: {:?}", outcome.stderr);
+    assert_eq!(
+        outcome.stderr.lines().count(),
+        1,
+        "not one line: {:?}",
+        outcome.stderr
+    );
     assert!(
         outcome.stderr.contains(expected),
         "expected {expected:?} in {:?}",
@@ -120,7 +125,10 @@ fn mem_too_small() {
 fn initrd_larger_than_ram() {
     let kernel = temp_file("k.bin", b"\x7fELF");
     let initrd = temp_file("big-initrd", b"");
-    let file = std::fs::OpenOptions::new().write(true).open(&initrd).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&initrd)
+        .unwrap();
     file.set_len(64 << 20).unwrap(); // sparse: 64 MiB for a 32 MiB guest
     let outcome = snapvmm(&[
         "run",
@@ -137,7 +145,13 @@ fn initrd_larger_than_ram() {
 
 #[test]
 fn missing_initrd() {
-    let outcome = snapvmm(&["run", "--kernel", "/bin/true", "--initrd", "/nonexistent/initrd"]);
+    let outcome = snapvmm(&[
+        "run",
+        "--kernel",
+        "/bin/true",
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
     assert_clean_failure(&outcome, "cannot read initrd /nonexistent/initrd");
 }
 
@@ -150,7 +164,10 @@ fn bad_serial_and_timeout_values() {
 
 #[test]
 fn unknown_builtin_guest() {
-    assert_clean_failure(&snapvmm(&["run", "--guest", "nope"]), "no built-in guest named 'nope'");
+    assert_clean_failure(
+        &snapvmm(&["run", "--guest", "nope"]),
+        "no built-in guest named 'nope'",
+    );
 }
 
 #[test]
