@@ -8,3 +8,4 @@ pub mod memory;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;
+pub mod vstate;
