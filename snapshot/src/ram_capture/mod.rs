@@ -14,13 +14,14 @@
 //!   the base snapshot, and the listed pages must include every page changed since that base.
 
 mod claims;
+mod holes;
 mod uffd_setup;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Barrier, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use crate::dirty_pages::DirtyPages;
 use crate::ram_layout::{RamLayout, RegionSpan, PAGE_SIZE};
 use crate::snapshot_memory::SnapshotMemory;
 use claims::{runs, PageClaims, PAGES_PER_WORD};
+use holes::HoleMap;
 
 /// `(host address, length in bytes)`.
 type HostRange = (usize, usize);
@@ -139,6 +141,10 @@ struct CaptureWork {
     snapshot: File,
     /// The snapshot file holds only holes, so zero pages need not be written or punched.
     snapshot_all_holes: bool,
+    /// Whether to look up holes in the RAM's backing files (whole-RAM captures of memfd RAM).
+    skip_backing_holes: bool,
+    /// Built by the first thread that copies; None if the files could not be walked.
+    holes: OnceLock<Option<HoleMap>>,
     next_unit: AtomicUsize,
     units: usize,
     pages_in_scope: usize,
@@ -215,6 +221,12 @@ impl RamCapture {
             claims,
             snapshot,
             snapshot_all_holes: memory.is_all_holes(),
+            skip_backing_holes: matches!(scope, CaptureScope::AllPages)
+                && layout
+                    .regions()
+                    .iter()
+                    .any(|region| region.backing_file().is_some()),
+            holes: OnceLock::new(),
             next_unit: AtomicUsize::new(0),
             pages_in_scope,
             pages_done: AtomicUsize::new(0),
@@ -590,42 +602,29 @@ impl CaptureWork {
     }
 
     fn copy_span(&self, span: RegionSpan, skip_holes: bool) -> io::Result<()> {
-        let region = &self.layout.regions()[span.region];
-        let snapshot_offset = (span.first_page * PAGE_SIZE) as u64;
-        let bytes = span.pages * PAGE_SIZE;
-        let backing = region.backing_file().filter(|_| skip_holes);
-        let Some((file, file_offset)) = backing else {
-            return self.copy_bytes(span.host_addr, snapshot_offset, bytes);
+        let holes = if skip_holes && self.skip_backing_holes {
+            self.holes
+                .get_or_init(|| HoleMap::build(&self.layout).ok())
+                .as_ref()
+        } else {
+            None
         };
-        let region_first_page = self.layout.region_first_page(span.region).unwrap_or(0);
-        let start = file_offset + ((span.first_page - region_first_page) * PAGE_SIZE) as u64;
-        let end = start + bytes as u64;
-        let mut pos = start;
-        while pos < end {
-            let data = seek_data(file.as_raw_fd(), pos, libc::SEEK_DATA)?
-                .unwrap_or(end)
-                .min(end)
-                / PAGE_SIZE as u64
-                * PAGE_SIZE as u64;
-            let data = data.max(pos);
-            if data > pos && !self.snapshot_all_holes {
-                punch_hole(&self.snapshot, snapshot_offset + (pos - start), data - pos)?;
+        let Some(holes) = holes else {
+            return self.copy_bytes(
+                span.host_addr,
+                (span.first_page * PAGE_SIZE) as u64,
+                span.pages * PAGE_SIZE,
+            );
+        };
+        for (first_page, pages, is_hole) in holes.runs(span.first_page, span.pages) {
+            let snapshot_offset = (first_page * PAGE_SIZE) as u64;
+            let len = pages * PAGE_SIZE;
+            if !is_hole {
+                let host_addr = span.host_addr + (first_page - span.first_page) * PAGE_SIZE;
+                self.copy_bytes(host_addr, snapshot_offset, len)?;
+            } else if !self.snapshot_all_holes {
+                punch_hole(&self.snapshot, snapshot_offset, len as u64)?;
             }
-            if data >= end {
-                break;
-            }
-            let hole = seek_data(file.as_raw_fd(), data, libc::SEEK_HOLE)?
-                .unwrap_or(end)
-                .min(end)
-                .div_ceil(PAGE_SIZE as u64)
-                * PAGE_SIZE as u64;
-            let hole = hole.clamp(data + PAGE_SIZE as u64, end);
-            self.copy_bytes(
-                span.host_addr + (data - start) as usize,
-                snapshot_offset + (data - start),
-                (hole - data) as usize,
-            )?;
-            pos = hole;
         }
         Ok(())
     }
@@ -723,22 +722,6 @@ impl CaptureWork {
             self.copy_and_release(span, false);
         }
     }
-}
-
-/// `lseek` with SEEK_DATA/SEEK_HOLE; `None` when there is no further data (ENXIO).
-fn seek_data(fd: RawFd, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let from = libc::off_t::try_from(from).map_err(io::Error::other)?;
-    // SAFETY: lseek on a descriptor owned by the layout; no memory is passed.
-    let pos = unsafe { libc::lseek(fd, from, whence) };
-    if pos < 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(Some(pos as u64))
 }
 
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
