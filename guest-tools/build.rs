@@ -1,1 +1,333 @@
-fn main() {}
+//! Builds the bare-metal guest runtime and its test guests from source with the system's
+//! `gcc`, `ld`, `objcopy` and `ar` (see `runtime/README.md`).
+//!
+//! Outputs in `OUT_DIR`: `<guest>.elf` (64-bit ELF entry, no PVH note), `<guest>-pvh.elf` (the
+//! same program with a PVH note and 32-bit entry), `pvh-hello.elf`, and `guests.rs`, the list
+//! that `src/lib.rs` includes.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const KERNEL_SOURCES: &[&str] = &[
+    "entry.S",
+    "main.c",
+    "boot_info.c",
+    "pci.c",
+    "paging.c",
+    "cpu.c",
+    "fault.c",
+    "console.c",
+];
+const USER_SOURCES: &[&str] = &["crt0.S", "start.c", "console.c", "pci.c", "string.c"];
+/// Kernel symbols the rest of the link may see; every other kernel symbol is made local so that
+/// the kernel's helpers (memcpy, ...) never clash with the user program's.
+const KERNEL_EXPORTS: &[&str] = &["kernel_entry64", "kernel_entry_common"];
+const USER_STACK_SIZE: &str = "0x200000";
+
+const COMMON_CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O2",
+    "-g",
+    "-Wall",
+    "-Wextra",
+    "-m64",
+    "-march=x86-64",
+    "-mtune=generic",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-pie",
+    "-fno-common",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-tree-loop-distribute-patterns",
+];
+/// CPL0 code runs in KVM's instruction emulator on kvm_pvm: general-purpose registers only
+/// (no SSE/x87), and no red zone because exceptions at CPL0 stay on the same stack.
+const KERNEL_CFLAGS: &[&str] = &["-mgeneral-regs-only", "-mno-red-zone"];
+
+#[derive(Debug)]
+struct BuildError(String);
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type BuildResult<T> = Result<T, BuildError>;
+
+/// Where the sources are and where the outputs go.
+struct Paths {
+    runtime: PathBuf,
+    include: PathBuf,
+    guests: PathBuf,
+    pvh_hello: PathBuf,
+    out: PathBuf,
+    objects: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+enum Entry {
+    Elf64,
+    Pvh,
+    MultibootOrPvh32,
+}
+
+impl Entry {
+    fn rust_name(self) -> &'static str {
+        match self {
+            Entry::Elf64 => "GuestEntry::Elf64",
+            Entry::Pvh => "GuestEntry::Pvh",
+            Entry::MultibootOrPvh32 => "GuestEntry::MultibootOrPvh32",
+        }
+    }
+}
+
+struct BuiltGuest {
+    name: String,
+    entry: Entry,
+}
+
+fn main() {
+    if let Err(error) = build() {
+        eprintln!("guest-tools build failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> BuildResult<()> {
+    let manifest_dir = PathBuf::from(env_var("CARGO_MANIFEST_DIR")?);
+    let out = PathBuf::from(env_var("OUT_DIR")?);
+    let paths = Paths {
+        runtime: manifest_dir.join("runtime"),
+        include: manifest_dir.join("runtime/include"),
+        guests: manifest_dir.join("guests"),
+        pvh_hello: manifest_dir.join("pvh-hello"),
+        objects: out.join("obj"),
+        out,
+    };
+    for watched in ["build.rs", "runtime", "guests", "pvh-hello"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(watched).display()
+        );
+    }
+    fs::create_dir_all(&paths.objects).map_err(|e| io_error("create", &paths.objects, e))?;
+
+    let kernel = build_kernel(&paths)?;
+    let pvh_entry = compile(
+        &paths,
+        &paths.runtime.join("kernel/pvh_entry.S"),
+        &paths.objects.join("rt-pvh.o"),
+        KERNEL_CFLAGS,
+    )?;
+    let user_library = build_user_library(&paths)?;
+    let libgcc = libgcc_path()?;
+
+    let mut built = Vec::new();
+    for guest in guest_programs(&paths.guests)? {
+        let object = compile(
+            &paths,
+            &paths.guests.join(format!("{guest}.c")),
+            &paths.objects.join(format!("guest-{guest}.o")),
+            &[],
+        )?;
+        for (entry, suffix) in [(Entry::Elf64, ""), (Entry::Pvh, "-pvh")] {
+            let name = format!("{guest}{suffix}");
+            let script = linker_script(&paths, entry)?;
+            let mut inputs = vec![kernel.clone()];
+            if matches!(entry, Entry::Pvh) {
+                inputs.push(pvh_entry.clone());
+            }
+            inputs.extend([object.clone(), user_library.clone(), libgcc.clone()]);
+            link(
+                "elf_x86_64",
+                &script,
+                &inputs,
+                &paths.out.join(format!("{name}.elf")),
+            )?;
+            built.push(BuiltGuest { name, entry });
+        }
+    }
+
+    let pvh_hello_object = compile(
+        &paths,
+        &paths.pvh_hello.join("pvh-hello.S"),
+        &paths.objects.join("pvh-hello.o"),
+        &["-m32"],
+    )?;
+    link(
+        "elf_i386",
+        &paths.pvh_hello.join("pvh-hello.ld"),
+        &[pvh_hello_object],
+        &paths.out.join("pvh-hello.elf"),
+    )?;
+    built.push(BuiltGuest {
+        name: "pvh-hello".to_string(),
+        entry: Entry::MultibootOrPvh32,
+    });
+
+    write_guest_list(&paths.out.join("guests.rs"), &built)
+}
+
+fn env_var(name: &str) -> BuildResult<String> {
+    std::env::var(name).map_err(|_| BuildError(format!("{name} is not set (run through cargo)")))
+}
+
+fn io_error(action: &str, path: &Path, error: std::io::Error) -> BuildError {
+    BuildError(format!("cannot {action} {}: {error}", path.display()))
+}
+
+/// Runs a tool; its diagnostics become cargo warnings (or the error, if it fails).
+fn run(command: &mut Command) -> BuildResult<String> {
+    let description = format!("{command:?}");
+    let output = command.output().map_err(|e| {
+        BuildError(format!(
+            "cannot run {description}: {e} (is binutils/gcc installed?)"
+        ))
+    })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(BuildError(format!("{description} failed:\n{stderr}")));
+    }
+    for line in stderr.lines().filter(|line| !line.trim().is_empty()) {
+        println!("cargo:warning={line}");
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn compile(
+    paths: &Paths,
+    source: &Path,
+    object: &Path,
+    extra_flags: &[&str],
+) -> BuildResult<PathBuf> {
+    let mut command = Command::new("gcc");
+    command
+        .args(COMMON_CFLAGS)
+        .args(extra_flags)
+        .arg("-I")
+        .arg(&paths.include)
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(object);
+    run(&mut command)?;
+    Ok(object.to_path_buf())
+}
+
+/// All kernel objects as one relocatable `rt-kernel.o` whose symbols are local except the entry
+/// points; the linker script places it below 2 MiB by its file name.
+fn build_kernel(paths: &Paths) -> BuildResult<PathBuf> {
+    let mut objects = Vec::new();
+    for source in KERNEL_SOURCES {
+        let object = paths.objects.join(format!("kernel-{source}.o"));
+        objects.push(compile(
+            paths,
+            &paths.runtime.join("kernel").join(source),
+            &object,
+            KERNEL_CFLAGS,
+        )?);
+    }
+    let kernel = paths.objects.join("rt-kernel.o");
+    run(Command::new("ld")
+        .args(["-m", "elf_x86_64", "-r", "-o"])
+        .arg(&kernel)
+        .args(&objects))?;
+    let mut localize = Command::new("objcopy");
+    for symbol in KERNEL_EXPORTS {
+        localize.arg(format!("--keep-global-symbol={symbol}"));
+    }
+    run(localize.arg(&kernel))?;
+    Ok(kernel)
+}
+
+fn build_user_library(paths: &Paths) -> BuildResult<PathBuf> {
+    let mut objects = Vec::new();
+    for source in USER_SOURCES {
+        let object = paths.objects.join(format!("user-{source}.o"));
+        objects.push(compile(
+            paths,
+            &paths.runtime.join("user").join(source),
+            &object,
+            &[],
+        )?);
+    }
+    let library = paths.objects.join("librt.a");
+    if library.exists() {
+        fs::remove_file(&library).map_err(|e| io_error("remove", &library, e))?;
+    }
+    run(Command::new("ar").arg("rcs").arg(&library).args(&objects))?;
+    Ok(library)
+}
+
+fn libgcc_path() -> BuildResult<PathBuf> {
+    let path = run(Command::new("gcc").args(["-m64", "-print-libgcc-file-name"]))?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// The guest programs: every `guests/<name>.c`, sorted by name.
+fn guest_programs(dir: &Path) -> BuildResult<Vec<String>> {
+    let entries = fs::read_dir(dir).map_err(|e| io_error("read", dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| io_error("read", dir, e))?.path();
+        if path.extension().is_some_and(|ext| ext == "c") {
+            if let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()) {
+                names.push(stem.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn linker_script(paths: &Paths, entry: Entry) -> BuildResult<PathBuf> {
+    let template_path = paths.runtime.join("link/guest.ld.in");
+    let template =
+        fs::read_to_string(&template_path).map_err(|e| io_error("read", &template_path, e))?;
+    let (phdr, note, file_name) = match entry {
+        Entry::Pvh => (
+            "    pvh_note PT_NOTE FLAGS(4);",
+            "    .note.pvh : { KEEP(*(.note.pvh)) } :kernel_text :pvh_note",
+            "guest-pvh.ld",
+        ),
+        _ => ("", "", "guest.ld"),
+    };
+    let script = template
+        .replace("@PVH_PHDR@", phdr)
+        .replace("@PVH_NOTE@", note)
+        .replace("@USER_STACK_SIZE@", USER_STACK_SIZE);
+    let path = paths.objects.join(file_name);
+    fs::write(&path, script).map_err(|e| io_error("write", &path, e))?;
+    Ok(path)
+}
+
+fn link(emulation: &str, script: &Path, inputs: &[PathBuf], output: &Path) -> BuildResult<()> {
+    run(Command::new("ld")
+        .args(["-m", emulation, "-nostdlib", "-static", "--build-id=none"])
+        .args(["-z", "noexecstack", "-z", "max-page-size=4096", "-T"])
+        .arg(script)
+        .arg("-o")
+        .arg(output)
+        .args(inputs))?;
+    Ok(())
+}
+
+fn write_guest_list(path: &Path, guests: &[BuiltGuest]) -> BuildResult<()> {
+    let mut source = String::from("/// Every guest `build.rs` built into `OUT_DIR`.\n");
+    source.push_str("pub const BUILT_GUESTS: &[BuiltGuest] = &[\n");
+    for guest in guests {
+        source.push_str(&format!(
+            "    BuiltGuest {{ name: {:?}, file_name: {:?}, entry: {} }},\n",
+            guest.name,
+            format!("{}.elf", guest.name),
+            guest.entry.rust_name()
+        ));
+    }
+    source.push_str("];\n");
+    fs::write(path, source).map_err(|e| io_error("write", path, e))
+}

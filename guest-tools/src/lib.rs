@@ -1,1 +1,74 @@
-//! Guest programs built from source by `build.rs`.
+//! Guest programs built from source by `build.rs`: the bare-metal guest runtime (a tiny 64-bit
+//! kernel that runs a C program at CPL3) with its test guests, and `pvh-hello`, an independent
+//! 32-bit test kernel. `runtime/README.md` documents the entry contract, the memory map and the
+//! exit codes.
+
+use std::path::PathBuf;
+
+/// How a built guest expects to be entered by the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEntry {
+    /// 64-bit ELF without a PVH note: long mode at `e_entry`, RSI = Linux boot_params.
+    Elf64,
+    /// 64-bit ELF with a PVH note: 32-bit protected mode at the note's entry, EBX = hvm_start_info.
+    Pvh,
+    /// 32-bit ELF with a Multiboot v1 header and a PVH note (entered either way).
+    MultibootOrPvh32,
+}
+
+/// One guest image in the build output directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltGuest {
+    /// What callers pass to [`guest_path`], e.g. `"hello"` or `"hello-pvh"`.
+    pub name: &'static str,
+    /// The file name in [`guest_dir`].
+    pub file_name: &'static str,
+    pub entry: GuestEntry,
+}
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// The `hello` guest (64-bit ELF entry): the VMM's built-in default guest.
+pub const HELLO_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf"));
+
+/// The directory the guests were built into.
+pub fn guest_dir() -> PathBuf {
+    PathBuf::from(env!("OUT_DIR"))
+}
+
+/// The path of the built guest called `name` (see [`BUILT_GUESTS`]), if there is one.
+pub fn guest_path(name: &str) -> Option<PathBuf> {
+    BUILT_GUESTS
+        .iter()
+        .find(|guest| guest.name == name)
+        .map(|guest| guest_dir().join(guest.file_name))
+}
+
+/// Exit codes the runtime writes to the debug-exit port 0xf4 (mirrors `runtime/include/rt_abi.h`).
+pub mod exit_code {
+    /// The program returned 0 from `main`.
+    pub const OK: u8 = 0;
+    /// Programs keep their own exit codes in `0..=USER_MAX`.
+    pub const USER_MAX: u8 = 28;
+    /// `rt_abort()` (or `RT_ASSERT`) in the user runtime.
+    pub const ABORT: u8 = 29;
+    /// The kernel could not set the machine up (no memory map, image not in RAM, ...).
+    pub const BOOT_ERROR: u8 = 30;
+    /// CPU exception in the kernel itself, or an interrupt nothing should have raised.
+    pub const KERNEL_FAULT: u8 = 31;
+    /// CPU exception `vector` in the user program.
+    pub const fn user_exception(vector: u8) -> u8 {
+        32 + (vector & 31)
+    }
+    /// The exception vector behind an exit code, if it is a user-exception code.
+    pub const fn exception_vector(code: u8) -> Option<u8> {
+        if code >= 32 && code < 64 {
+            Some(code - 32)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

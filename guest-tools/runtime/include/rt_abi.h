@@ -1,0 +1,97 @@
+/*
+ * rt_abi.h - the contract between the runtime's kernel (CPL0) and the user program (CPL3).
+ *
+ * The kernel fills one `struct rt_boot_info` before it enters the user program; the user program
+ * sees it read-only. Included by C and by GNU as (only the #defines are visible to assembly).
+ */
+#ifndef SNAPVMM_RT_ABI_H
+#define SNAPVMM_RT_ABI_H
+
+/* Exit codes written to the debug-exit port 0xf4 (snapvmm exits with min(code, 63)). */
+#define RT_EXIT_OK 0
+#define RT_EXIT_USER_MAX 28          /* programs should keep their own codes in 0..=28 */
+#define RT_EXIT_ABORT 29             /* rt_abort() in the user runtime */
+#define RT_EXIT_BOOT_ERROR 30        /* the kernel could not set the machine up */
+#define RT_EXIT_KERNEL_FAULT 31      /* CPU exception at CPL0, or an unexpected interrupt */
+#define RT_EXIT_USER_EXCEPTION 32    /* + vector (0..31): CPU exception in the user program */
+
+/* Segment selectors of the runtime's GDT. The layout also fits SYSRET (STAR[63:48] = 0x18)
+ * and 64-bit SYSEXIT (SYSENTER_CS = 0x08). */
+#define RT_SEL_KERNEL_CS 0x08
+#define RT_SEL_KERNEL_DS 0x10
+#define RT_SEL_USER_CS32 0x1b
+#define RT_SEL_USER_DS 0x23
+#define RT_SEL_USER_CS 0x2b
+#define RT_SEL_USER_DS_SYSEXIT 0x33
+#define RT_SEL_TSS 0x38
+
+/* Physical (= virtual) layout fixed by the linker script. */
+#define RT_KERNEL_BASE 0x100000
+#define RT_USER_BASE 0x200000
+#define RT_USER_STACK_SIZE 0x100000
+
+/* Boot protocols the kernel was entered through. */
+#define RT_BOOT_LINUX64 1            /* 64-bit ELF entry, RSI = Linux boot_params (snapvmm) */
+#define RT_BOOT_PVH 2                /* PVH entry, EBX = hvm_start_info (QEMU -kernel, snapvmm) */
+
+#define RT_BOOT_INFO_MAGIC 0x49425452u /* "RTBI" */
+#define RT_BOOT_INFO_VERSION 1
+
+#define RT_MAX_PCI_FUNCTIONS 32
+#define RT_MAX_USER_REGIONS 8
+#define RT_CMDLINE_MAX 256
+
+/* rt_pci_bar.flags */
+#define RT_BAR_PRESENT 0x1           /* the BAR is implemented (size != 0) */
+#define RT_BAR_IO 0x2                /* I/O space (else memory) */
+#define RT_BAR_MEM64 0x4             /* 64-bit memory BAR (occupies this slot and the next) */
+#define RT_BAR_PREFETCHABLE 0x8
+#define RT_BAR_MAPPED 0x10           /* memory BAR mapped for the user program at addr (identity) */
+
+/* rt_boot_info.warnings */
+#define RT_WARN_PCI_TRUNCATED 0x1    /* more PCI functions than RT_MAX_PCI_FUNCTIONS */
+#define RT_WARN_RAM_UNMAPPED 0x2     /* some RAM could not be mapped (page-table pool exhausted) */
+#define RT_WARN_BAR_UNMAPPED 0x4     /* some memory BAR could not be mapped */
+#define RT_WARN_REGIONS_TRUNCATED 0x8
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+
+struct rt_pci_bar {
+    uint64_t addr;   /* bus address (I/O port for I/O BARs); 0 = unassigned */
+    uint64_t size;
+    uint32_t flags;  /* RT_BAR_* */
+    uint32_t reserved;
+};
+
+struct rt_pci_function {
+    uint8_t bus, slot, function, header_type;
+    uint16_t vendor_id, device_id;
+    uint8_t class_code, subclass, prog_if, revision;
+    uint8_t irq_line, irq_pin;
+    uint16_t reserved;
+    struct rt_pci_bar bars[6];
+};
+
+struct rt_mem_region {
+    uint64_t start, end; /* [start, end) */
+};
+
+struct rt_boot_info {
+    uint32_t magic;          /* RT_BOOT_INFO_MAGIC */
+    uint32_t version;        /* RT_BOOT_INFO_VERSION */
+    uint32_t boot_protocol;  /* RT_BOOT_* */
+    uint32_t warnings;       /* RT_WARN_* */
+    uint64_t ram_bytes;      /* usable RAM in the firmware memory map */
+    uint64_t ram_top;        /* end of the highest usable RAM range */
+    /* RAM mapped read-write for the user program, beyond its image and stack;
+     * user_regions[0] starts right after the stack (the natural heap). */
+    uint32_t user_region_count;
+    uint32_t pci_count;
+    struct rt_mem_region user_regions[RT_MAX_USER_REGIONS];
+    struct rt_pci_function pci[RT_MAX_PCI_FUNCTIONS];
+    char cmdline[RT_CMDLINE_MAX];
+};
+#endif
+
+#endif
