@@ -4,6 +4,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
+pub mod dirty_tracking;
 pub mod memory;
 pub mod signals;
 pub mod vcpu;
