@@ -88,6 +88,10 @@ struct rt_boot_info {
      * user_regions[0] starts right after the stack (the natural heap). */
     uint32_t user_region_count;
     uint32_t pci_count;
+    /* Bytes COM1 takes after its line status says "transmitter empty": 16 with the FIFO the
+     * kernel enabled, else 1. Lets printing poll the LSR once per burst, not once per byte. */
+    uint32_t serial_tx_burst;
+    uint32_t reserved;
     struct rt_mem_region user_regions[RT_MAX_USER_REGIONS];
     struct rt_pci_function pci[RT_MAX_PCI_FUNCTIONS];
     char cmdline[RT_CMDLINE_MAX];

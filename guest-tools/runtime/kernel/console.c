@@ -2,15 +2,42 @@
 #include "kernel.h"
 
 #define COM1 0x3f8
+#define COM1_IER (COM1 + 1)
+#define COM1_FCR (COM1 + 2)
+#define COM1_IIR (COM1 + 2)
+#define COM1_LCR (COM1 + 3)
+#define COM1_MCR (COM1 + 4)
 #define COM1_LSR (COM1 + 5)
 #define LSR_THR_EMPTY 0x20
+#define IIR_FIFO_ENABLED 0xc0
+#define FIFO_DEPTH 16
 #define DEBUG_EXIT_PORT 0xf4
+
+static uint32_t tx_burst = 1, tx_credit;
+
+uint32_t serial_init(void)
+{
+    outb(COM1_IER, 0x00);  /* no interrupts */
+    outb(COM1_LCR, 0x80);  /* divisor latch */
+    outb(COM1, 0x01);      /* 115200 baud */
+    outb(COM1_IER, 0x00);
+    outb(COM1_LCR, 0x03);  /* 8N1 */
+    outb(COM1_FCR, 0xc7);  /* enable and clear the FIFOs */
+    outb(COM1_MCR, 0x0b);  /* DTR, RTS, OUT2 */
+    tx_burst = (inb(COM1_IIR) & IIR_FIFO_ENABLED) == IIR_FIFO_ENABLED ? FIFO_DEPTH : 1;
+    tx_credit = 0;
+    return tx_burst;
+}
 
 void kputc(char c)
 {
-    while (!(inb(COM1_LSR) & LSR_THR_EMPTY)) {
+    if (tx_credit == 0) {
+        while (!(inb(COM1_LSR) & LSR_THR_EMPTY)) {
+        }
+        tx_credit = tx_burst;
     }
     outb(COM1, (uint8_t)c);
+    tx_credit--;
 }
 
 void kputs(const char *s)

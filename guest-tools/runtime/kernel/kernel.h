@@ -32,6 +32,8 @@ static inline uint32_t inl(uint16_t port)
 }
 
 /* ---- console.c: COM1 output and the debug-exit port */
+/* 115200 8N1 with FIFOs; returns how many bytes may follow one "transmitter empty". */
+uint32_t serial_init(void);
 void kputc(char c);
 void kputs(const char *s);
 void kput_hex(uint64_t v, int digits);

@@ -163,6 +163,7 @@ NORETURN void kernel_main(uint32_t protocol, uint64_t info)
 
     bi->magic = RT_BOOT_INFO_MAGIC;
     bi->version = RT_BOOT_INFO_VERSION;
+    bi->serial_tx_burst = serial_init();
     if (!parse_boot_info(protocol, info, &memory, bi))
         boot_failure("no usable memory map from the boot protocol");
     pci_scan(bi);

@@ -5,11 +5,19 @@
 #define COM1_LSR (COM1 + 5)
 #define LSR_THR_EMPTY 0x20
 
+/* Each port access is a VM exit (~30 us from CPL3 on kvm_pvm): poll the LSR once per FIFO load. */
+static uint32_t tx_credit;
+
 void rt_putc(char c)
 {
-    while (!(rt_inb(COM1_LSR) & LSR_THR_EMPTY)) {
+    if (tx_credit == 0) {
+        while (!(rt_inb(COM1_LSR) & LSR_THR_EMPTY)) {
+        }
+        const struct rt_boot_info *info = rt_boot_info();
+        tx_credit = (info && info->serial_tx_burst) ? info->serial_tx_burst : 1;
     }
     rt_outb(COM1, (uint8_t)c);
+    tx_credit--;
 }
 
 void rt_print(const char *s)
