@@ -87,9 +87,12 @@ pub enum CaptureScope<'a> {
 /// Tuning knobs; the defaults are what the measurements favour.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
-    /// At or above this much RAM in scope, write protection is split between the calling thread and
-    /// the copier thread (UFFDIO_WRITEPROTECT of 4 KiB pages costs ~15 ms/GiB on one core).
+    /// At or above this much RAM in scope, write protection may be split between the calling thread
+    /// and the copier thread (UFFDIO_WRITEPROTECT of 4 KiB pages costs 15-20 ms/GiB on one core). It
+    /// is split only if protecting the first sixteenth shows that the rest would take at least
+    /// `parallel_protect_min_estimate` (huge-page RAM protects in well under 1 ms).
     pub parallel_protect_min_bytes: usize,
+    pub parallel_protect_min_estimate: Duration,
     /// Copy pages on a background thread (the default). Without it pages are copied only when
     /// something writes them, and by `wait`/`finish_now` on the calling thread: no copier competes
     /// with the vCPU for a core, at the price of a longer `finish_now`.
@@ -100,6 +103,7 @@ impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
             parallel_protect_min_bytes: 256 << 20,
+            parallel_protect_min_estimate: Duration::from_millis(2),
             copy_in_background: true,
         }
     }
@@ -294,7 +298,17 @@ impl RamCapture {
             work.write_protect(&ranges)?;
             self.spawn_copier(None, Vec::new())
         } else {
-            let (mine, theirs) = split_ranges(&ranges, bytes / 2);
+            // Protect a sixteenth first and time it: on huge-page RAM the whole job is cheaper than
+            // handing half of it to another thread.
+            let (probe, rest) = split_ranges(&ranges, bytes / 16);
+            let probe_started = Instant::now();
+            work.write_protect(&probe)?;
+            if probe_started.elapsed() * 15 < options.parallel_protect_min_estimate {
+                work.write_protect(&rest)?;
+                return self.spawn_copier(None, Vec::new());
+            }
+            let rest_bytes: usize = rest.iter().map(|&(_, len)| len).sum();
+            let (mine, theirs) = split_ranges(&rest, rest_bytes / 2);
             let barrier = Arc::new(Barrier::new(2));
             self.spawn_copier(Some(Arc::clone(&barrier)), theirs)?;
             let result = work.write_protect(&mine);

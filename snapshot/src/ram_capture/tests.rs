@@ -281,6 +281,7 @@ fn split_protection_and_several_regions_are_exact() {
     ram.fill(4, |page| page % 11 == 0);
     let options = CaptureOptions {
         parallel_protect_min_bytes: 0,
+        parallel_protect_min_estimate: Duration::ZERO,
         ..CaptureOptions::default()
     };
     capture_under_writers(ram, 3, false, &options);
