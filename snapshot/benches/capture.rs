@@ -135,11 +135,11 @@ fn bench_stall(name: &str, ram: &Ram, runs: usize) {
     let layout = ram.layout();
     let pages = layout.total_pages() as f64;
     for (label, options) in [
-        ("default", CaptureOptions::default()),
+        ("one thread protects", CaptureOptions::default()),
         (
-            "one thread protects",
+            "split protection",
             CaptureOptions {
-                parallel_protect_min_bytes: usize::MAX,
+                parallel_protect_min_bytes: 0,
                 ..CaptureOptions::default()
             },
         ),
@@ -384,6 +384,47 @@ fn bench_disk(ram: &Ram) {
 }
 
 fn main() {
+    if std::env::args().any(|arg| arg == "stall") {
+        // Only the whole-RAM stall at 1 GiB, one-thread and split protection alternating.
+        let large = Ram::memfd(1024 * MIB);
+        let layout = large.layout();
+        let mut memory = SnapshotMemory::create(layout.total_bytes()).expect("memory");
+        let single = CaptureOptions {
+            parallel_protect_min_bytes: usize::MAX,
+            ..CaptureOptions::default()
+        };
+        let split = CaptureOptions {
+            parallel_protect_min_bytes: 0,
+            parallel_protect_min_estimate: Duration::ZERO,
+            ..CaptureOptions::default()
+        };
+        let (mut singles, mut splits) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            for (options, samples) in [(&single, &mut singles), (&split, &mut splits)] {
+                let (back, report) = capture_once(&layout, memory, options);
+                memory = back;
+                samples.push(report.stall);
+            }
+        }
+        let show = |samples: &[Duration]| {
+            samples
+                .iter()
+                .map(|d| format!("{:.1}", ms(*d)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "1 GiB stall, one thread (ms): {}  median {:.1}",
+            show(&singles),
+            ms(median(singles.clone()))
+        );
+        println!(
+            "1 GiB stall, split (ms):      {}  median {:.1}",
+            show(&splits),
+            ms(median(splits.clone()))
+        );
+        return;
+    }
     let quick = std::env::args().any(|arg| arg == "quick");
     let small = Arc::new(Ram::memfd(64 * MIB));
     bench_stall("memfd 64 MiB", &small, 5);
