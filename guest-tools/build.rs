@@ -24,7 +24,6 @@ const USER_SOURCES: &[&str] = &["crt0.S", "start.c", "console.c", "pci.c", "stri
 /// Kernel symbols the rest of the link may see; every other kernel symbol is made local so that
 /// the kernel's helpers (memcpy, ...) never clash with the user program's.
 const KERNEL_EXPORTS: &[&str] = &["kernel_entry64", "kernel_entry_common"];
-const USER_STACK_SIZE: &str = "0x200000";
 
 const COMMON_CFLAGS: &[&str] = &[
     "-std=gnu11",
@@ -300,10 +299,27 @@ fn linker_script(paths: &Paths, entry: Entry) -> BuildResult<PathBuf> {
     let script = template
         .replace("@PVH_PHDR@", phdr)
         .replace("@PVH_NOTE@", note)
-        .replace("@USER_STACK_SIZE@", USER_STACK_SIZE);
+        .replace("@USER_STACK_SIZE@", &user_stack_size(paths)?);
     let path = paths.objects.join(file_name);
     fs::write(&path, script).map_err(|e| io_error("write", &path, e))?;
     Ok(path)
+}
+
+/// `RT_USER_STACK_SIZE` from `rt_abi.h`, so that the header stays the one place that says it.
+fn user_stack_size(paths: &Paths) -> BuildResult<String> {
+    let header_path = paths.include.join("rt_abi.h");
+    let header = fs::read_to_string(&header_path).map_err(|e| io_error("read", &header_path, e))?;
+    header
+        .lines()
+        .find_map(|line| line.strip_prefix("#define RT_USER_STACK_SIZE "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            BuildError(format!(
+                "no RT_USER_STACK_SIZE in {}",
+                header_path.display()
+            ))
+        })
 }
 
 fn link(emulation: &str, script: &Path, inputs: &[PathBuf], output: &Path) -> BuildResult<()> {

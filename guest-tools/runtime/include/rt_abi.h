@@ -28,7 +28,7 @@
 /* Physical (= virtual) layout fixed by the linker script. */
 #define RT_KERNEL_BASE 0x100000
 #define RT_USER_BASE 0x200000
-#define RT_USER_STACK_SIZE 0x100000
+#define RT_USER_STACK_SIZE 0x200000   /* build.rs reads this for the linker script */
 
 /* Boot protocols the kernel was entered through. */
 #define RT_BOOT_LINUX64 1            /* 64-bit ELF entry, RSI = Linux boot_params (snapvmm) */
