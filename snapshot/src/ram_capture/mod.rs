@@ -70,6 +70,8 @@ pub enum RamCaptureError {
         addr: usize,
         source: userfaultfd::Error,
     },
+    #[error("duplicating the snapshot memory file failed")]
+    SnapshotFile(#[source] io::Error),
     #[error("creating the stop eventfd failed")]
     EventFd(#[source] io::Error),
     #[error("starting a capture thread failed")]
@@ -224,7 +226,7 @@ impl RamCapture {
         let snapshot = memory
             .file()
             .try_clone()
-            .map_err(|err| RamCaptureError::Failed(err.to_string()))?;
+            .map_err(RamCaptureError::SnapshotFile)?;
         let work = Arc::new(CaptureWork {
             layout: layout.clone(),
             uffd,
@@ -402,6 +404,8 @@ impl RamCapture {
                     .record_failure("the copier thread panicked".into());
             }
         }
+        // Normally nothing is left; if the copier died, this finishes its work.
+        self.work.copy_units();
         self.work.wait_until_done();
         let duration = self.started_at.elapsed();
         self.shut_down();
