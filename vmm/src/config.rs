@@ -120,6 +120,10 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Stop the guest after this long; `None` runs until the guest stops.
     pub timeout: Option<std::time::Duration>,
+    /// Snapshot engine options (restore strategy, verification).
+    pub engine: crate::snapshot_engine::EngineOptions,
+    /// Devices (the snapshot device's slot and buffer sizes).
+    pub devices: crate::device_manager::DeviceOptions,
 }
 
 impl VmConfig {
@@ -132,6 +136,8 @@ impl VmConfig {
             mem_bytes: 256 << 20,
             serial: SerialOutput::Stdio,
             timeout: None,
+            engine: Default::default(),
+            devices: Default::default(),
         }
     }
 }

@@ -1,23 +1,31 @@
-//! The VM's devices and how guest accesses reach them.
+//! The VM's devices, how guest accesses reach them, and their state as one saveable set.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use devices::debug_exit::{DebugExitDevice, DEBUG_EXIT_PORT_BASE, DEBUG_EXIT_PORT_LEN};
-use devices::i8042::{I8042Device, I8042_PORT_BASE, I8042_PORT_LEN};
-use devices::pci::{BarRelocation, PciBus, PCI_CONFIG_PORT_BASE, PCI_CONFIG_PORT_LEN};
-use devices::serial::{SerialDevice, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
-use devices::{DeviceAction, PioBus};
+use devices::i8042::{I8042Device, I8042State, I8042_PORT_BASE, I8042_PORT_LEN};
+use devices::pci::{BarRelocation, PciBus, PciBusState, PCI_CONFIG_PORT_BASE, PCI_CONFIG_PORT_LEN};
+use devices::serial::{SerialDevice, SerialDeviceState, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
+use devices::snapshot_device::{
+    SnapshotDevice, SnapshotDeviceConfig, SnapshotDeviceState, COVERAGE_BAR, INPUT_BAR,
+};
+use devices::{DeviceAction, Persist, PioBus, RestoreInPlace};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vcpu::IoBus;
+
+/// KVM memory slots from this number on hold device memory (BARs); RAM uses the ones below.
+pub const FIRST_DEVICE_MEMSLOT: u32 = 16;
 
 #[derive(Debug, Error)]
 pub enum DeviceManagerError {
@@ -30,20 +38,76 @@ pub enum DeviceManagerError {
     },
     #[error("cannot create {what}: {why}")]
     Device { what: &'static str, why: String },
+    #[error("cannot map BAR{bar} of slot {slot} at {addr:#x}: {source}")]
+    MapBar {
+        slot: u8,
+        bar: usize,
+        addr: u64,
+        source: kvm_ioctls::Error,
+    },
+    #[error("saved device state rejected: {0}")]
+    State(String),
+}
+
+/// Options for the devices of a VM.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceOptions {
+    /// PCI slot of the snapshot device on bus 0.
+    pub snapshot_slot: u8,
+    pub snapshot_device: SnapshotDeviceConfig,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            snapshot_slot: devices::snapshot_device::SNAPSHOT_DEVICE_DEFAULT_SLOT,
+            snapshot_device: SnapshotDeviceConfig::default(),
+        }
+    }
+}
+
+/// Every device's saved state: what a snapshot holds of the devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStates {
+    pub serial: SerialDeviceState,
+    pub i8042: I8042State,
+    pub pci_bus: PciBusState,
+    pub snapshot_device: SnapshotDeviceState,
+}
+
+/// A BAR backed by host memory and the memslot that maps it.
+struct MappedBar {
+    bar: usize,
+    memslot: u32,
+    host_addr: u64,
+    size: u64,
+    guest_addr: Option<u64>,
 }
 
 /// All devices of the VM, reachable by port or address.
 pub struct DeviceManager {
+    vm_fd: Arc<VmFd>,
     pio: PioBus,
     serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Device>>,
     pci: Arc<Mutex<PciBus>>,
+    snapshot_device: Arc<Mutex<SnapshotDevice>>,
+    snapshot_slot: u8,
+    mapped_bars: Vec<MappedBar>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl DeviceManager {
     /// Creates the devices and wires their interrupts into the in-kernel irqchip.
     pub fn new(
-        vm_fd: &VmFd,
+        vm_fd: Arc<VmFd>,
         serial_out: Box<dyn std::io::Write + Send>,
+        options: &DeviceOptions,
     ) -> Result<Self, DeviceManagerError> {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
         vm_fd
@@ -58,14 +122,32 @@ impl DeviceManager {
                 why: e.to_string(),
             })?;
         let serial = Arc::new(Mutex::new(serial));
+        let i8042 = Arc::new(Mutex::new(I8042Device::new()));
+        let pci = Arc::new(Mutex::new(PciBus::new()));
+        let snapshot_device = SnapshotDevice::new(&options.snapshot_device).map_err(|e| {
+            DeviceManagerError::Device {
+                what: "the snapshot device",
+                why: e.to_string(),
+            }
+        })?;
+        let mapped_bars = [INPUT_BAR, COVERAGE_BAR]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &bar)| {
+                snapshot_device.bar_memory(bar).map(|memory| MappedBar {
+                    bar,
+                    memslot: FIRST_DEVICE_MEMSLOT + i as u32,
+                    host_addr: memory.host_addr(),
+                    size: memory.len() as u64,
+                    guest_addr: None,
+                })
+            })
+            .collect();
+        let snapshot_device = Arc::new(Mutex::new(snapshot_device));
+
         let mut pio = PioBus::default();
         pio.insert(COM1_PORT_BASE, SERIAL_PORT_LEN, Box::new(serial.clone()));
-        pio.insert(
-            I8042_PORT_BASE,
-            I8042_PORT_LEN,
-            Box::new(I8042Device::new()),
-        );
-        let pci = Arc::new(Mutex::new(PciBus::new()));
+        pio.insert(I8042_PORT_BASE, I8042_PORT_LEN, Box::new(i8042.clone()));
         pio.insert(
             PCI_CONFIG_PORT_BASE,
             PCI_CONFIG_PORT_LEN,
@@ -76,23 +158,83 @@ impl DeviceManager {
             DEBUG_EXIT_PORT_LEN,
             Box::new(DebugExitDevice::new()),
         );
-        Ok(DeviceManager { pio, serial, pci })
+        let mut manager = DeviceManager {
+            vm_fd,
+            pio,
+            serial,
+            i8042,
+            pci,
+            snapshot_device: snapshot_device.clone(),
+            snapshot_slot: options.snapshot_slot,
+            mapped_bars,
+        };
+        let relocations = lock(&manager.pci)
+            .add_device(options.snapshot_slot, Box::new(snapshot_device))
+            .map_err(|e| DeviceManagerError::Device {
+                what: "the snapshot device's PCI function",
+                why: e.to_string(),
+            })?;
+        for relocation in relocations.iter() {
+            manager.move_bar(relocation)?;
+        }
+        Ok(manager)
+    }
+
+    /// The snapshot device, shared with the harness.
+    pub fn snapshot_device(&self) -> &Arc<Mutex<SnapshotDevice>> {
+        &self.snapshot_device
     }
 
     /// Forwards the host's stdin to COM1 until the returned handle is dropped.
     pub fn start_stdin_forwarding(&self) -> Option<StdinForwarder> {
         StdinForwarder::start(self.serial.clone()).ok()
     }
-}
 
-impl DeviceManager {
-    /// Follows a guest's BAR re-programming. BARs whose accesses trap are routed by the bus
-    /// itself; nothing else needs moving yet.
+    /// Captures every device's state.
+    pub fn save_states(&self) -> DeviceStates {
+        DeviceStates {
+            serial: lock(&self.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            pci_bus: lock(&self.pci).save(),
+            snapshot_device: lock(&self.snapshot_device).save(),
+        }
+    }
+
+    /// Rolls every device back to `states` in place, then follows the BARs the restored config
+    /// space decodes. Host-side counters of the snapshot device are not state and stay.
+    pub fn restore_states(&mut self, states: &DeviceStates) -> Result<(), DeviceManagerError> {
+        let rejected = |e: devices::PersistError| DeviceManagerError::State(e.to_string());
+        lock(&self.serial)
+            .restore_in_place(&states.serial)
+            .map_err(rejected)?;
+        lock(&self.i8042)
+            .restore_in_place(&states.i8042)
+            .map_err(rejected)?;
+        lock(&self.snapshot_device)
+            .restore_in_place(&states.snapshot_device)
+            .map_err(rejected)?;
+        let relocations = {
+            let mut pci = lock(&self.pci);
+            pci.restore_in_place(&states.pci_bus).map_err(rejected)?;
+            pci.sync_bars()
+        };
+        for relocation in relocations {
+            self.move_bar(relocation)?;
+        }
+        Ok(())
+    }
+
+    /// Follows a guest's BAR re-programming. BARs whose accesses trap are routed by the bus itself;
+    /// host-memory BARs get their memslot moved so guest accesses never exit.
     fn follow_bars(&mut self, action: DeviceAction) -> DeviceAction {
         match action {
             DeviceAction::BarsRelocated(relocations) => {
                 for relocation in relocations.iter() {
-                    self.move_bar(relocation);
+                    if let Err(error) = self.move_bar(relocation) {
+                        // A guest may program a BAR somewhere KVM refuses (over RAM, say): leave it
+                        // unmapped there; its accesses still reach the device through the bus.
+                        tracing::warn!("{error}");
+                    }
                 }
                 DeviceAction::None
             }
@@ -100,14 +242,49 @@ impl DeviceManager {
         }
     }
 
-    fn move_bar(&mut self, relocation: BarRelocation) {
-        tracing::debug!(?relocation, "guest moved a PCI BAR");
-    }
-
-    fn pci(&self) -> std::sync::MutexGuard<'_, PciBus> {
-        self.pci
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn move_bar(&mut self, relocation: BarRelocation) -> Result<(), DeviceManagerError> {
+        if relocation.slot != self.snapshot_slot {
+            return Ok(());
+        }
+        let Some(mapped) = self
+            .mapped_bars
+            .iter_mut()
+            .find(|m| m.bar == relocation.bar as usize)
+        else {
+            return Ok(());
+        };
+        let region = |guest_phys_addr: u64, memory_size: u64| kvm_userspace_memory_region {
+            slot: mapped.memslot,
+            flags: 0,
+            guest_phys_addr,
+            memory_size,
+            userspace_addr: mapped.host_addr,
+        };
+        if mapped.guest_addr.take().is_some() {
+            // SAFETY: deleting a slot (size 0) touches no host memory.
+            unsafe { self.vm_fd.set_user_memory_region(region(0, 0)) }.map_err(|source| {
+                DeviceManagerError::MapBar {
+                    slot: relocation.slot,
+                    bar: relocation.bar as usize,
+                    addr: 0,
+                    source,
+                }
+            })?;
+        }
+        if let Some(addr) = relocation.new_base {
+            // SAFETY: the host memory is the device's BarMemory, which the device (and so this
+            // manager, through its Arc) keeps alive as long as the VM.
+            unsafe { self.vm_fd.set_user_memory_region(region(addr, mapped.size)) }.map_err(
+                |source| DeviceManagerError::MapBar {
+                    slot: relocation.slot,
+                    bar: relocation.bar as usize,
+                    addr,
+                    source,
+                },
+            )?;
+            mapped.guest_addr = Some(addr);
+        }
+        Ok(())
     }
 }
 
@@ -123,11 +300,11 @@ impl IoBus for DeviceManager {
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         // Unclaimed MMIO reads as all ones (the bus does that), like a PC with nothing there.
-        self.pci().mmio_read(addr, data);
+        lock(&self.pci).mmio_read(addr, data);
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction {
-        let action = self.pci().mmio_write(addr, data);
+        let action = lock(&self.pci).mmio_write(addr, data);
         self.follow_bars(action)
     }
 }
@@ -157,9 +334,7 @@ impl MutEventSubscriber for StdinSubscriber {
                 let _ = ops.remove(events);
             }
             Ok(n) => {
-                if let Ok(mut serial) = self.serial.lock() {
-                    serial.enqueue_input(&buf[..n]);
-                }
+                lock(&self.serial).enqueue_input(&buf[..n]);
             }
         }
     }

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{KernelSource, MemSize, SerialOutput, VmConfig};
+use vmm::device_manager::DeviceOptions;
+use vmm::snapshot_engine::{EngineOptions, RestoreStrategy, VcpuRestore};
 use vmm::vm::Vm;
 
 /// Status for bad input or a VM that could not be set up (sysexits' EX_USAGE).
 const STATUS_SETUP_ERROR: u8 = 64;
-
-// TEMPORARY until guest-tools exposes its guests.
-const BUILTIN_GUESTS: &[(&str, &[u8])] = &[];
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +55,32 @@ struct RunArgs {
     /// Stop the guest after this many seconds (status 68).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
+    /// How RESTORE puts RAM back: copy the dirty pages, or drop the private copies of a
+    /// MAP_PRIVATE mapping of the snapshot.
+    #[arg(long, value_enum, default_value = "dirty")]
+    restore: RestoreArg,
+    /// How much vCPU state RESTORE writes back: auto skips what CPL3 code cannot change.
+    #[arg(long, value_enum, default_value = "auto")]
+    vcpu_restore: VcpuRestoreArg,
+    /// After every RESTORE, compare RAM, vCPU and device state with the snapshot and stop
+    /// (status 71) on any difference.
+    #[arg(long)]
+    verify_restores: bool,
+    /// PCI slot (bus 0) of the snapshot device.
+    #[arg(long, value_name = "SLOT", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..32))]
+    snapshot_slot: u8,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RestoreArg {
+    Dirty,
+    Remap,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VcpuRestoreArg {
+    Auto,
+    Full,
 }
 
 fn main() -> ExitCode {
@@ -83,8 +108,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Guests => {
-            for (name, _) in BUILTIN_GUESTS {
-                println!("{name}");
+            for guest in guest_tools::BUILT_GUESTS {
+                println!("{}", guest.name);
             }
             ExitCode::SUCCESS
         }
@@ -108,19 +133,17 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let kernel = match (args.kernel, args.guest.as_deref()) {
         (Some(path), _) => KernelSource::File(path),
-        (None, name) => {
-            let name = name.unwrap_or("hello");
-            let (name, image) = BUILTIN_GUESTS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .copied()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("no built-in guest named '{name}' (see `snapvmm guests`)")
-                })?;
-            if args.guest.is_none() {
-                eprintln!("snapvmm: no --kernel given: booting the built-in '{name}' guest");
+        (None, None) => {
+            eprintln!("snapvmm: no --kernel given: booting the built-in 'hello' guest");
+            KernelSource::Builtin {
+                name: "hello",
+                image: guest_tools::HELLO_ELF,
             }
-            KernelSource::Builtin { name, image }
+        }
+        (None, Some(name)) => {
+            KernelSource::File(guest_tools::guest_path(name).ok_or_else(|| {
+                anyhow::anyhow!("no built-in guest named '{name}' (see `snapvmm guests`)")
+            })?)
         }
     };
     let config = VmConfig {
@@ -130,6 +153,21 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         mem_bytes: args.mem.0,
         serial: args.serial,
         timeout,
+        engine: EngineOptions {
+            strategy: match args.restore {
+                RestoreArg::Dirty => RestoreStrategy::Dirty,
+                RestoreArg::Remap => RestoreStrategy::Remap,
+            },
+            vcpu_restore: match args.vcpu_restore {
+                VcpuRestoreArg::Auto => VcpuRestore::Auto,
+                VcpuRestoreArg::Full => VcpuRestore::Full,
+            },
+            verify_restores: args.verify_restores,
+        },
+        devices: DeviceOptions {
+            snapshot_slot: args.snapshot_slot,
+            ..Default::default()
+        },
     };
     let mut vm = Vm::new(&config)?;
     let reason = vm.run()?;

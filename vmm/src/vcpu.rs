@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use devices::snapshot_device::SnapshotCommand;
 use devices::DeviceAction;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -18,6 +19,18 @@ pub trait IoBus {
     fn pio_write(&mut self, port: u16, data: &[u8]) -> DeviceAction;
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]);
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction;
+}
+
+/// What the run loop cannot decide from the exit alone: work that needs the vCPU or the VM.
+pub trait VcpuHooks: IoBus {
+    /// The guest wrote a command to the snapshot device; the vCPU sits in that MMIO exit.
+    fn snapshot_command(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        command: SnapshotCommand,
+    ) -> Result<(), StopReason>;
+    /// KVM's dirty ring is full: harvest it before the guest may run on.
+    fn dirty_ring_full(&mut self) -> Result<(), StopReason>;
 }
 
 /// Why the guest stopped. Each has its own exit status (see `docs/PLATFORM.md`).
@@ -45,6 +58,8 @@ pub enum StopReason {
     Interrupted,
     /// KVM_RUN itself failed.
     KvmRunFailed(i32),
+    /// A snapshot save or restore failed, or `--verify-restores` found a difference.
+    Snapshot(String),
 }
 
 impl StopReason {
@@ -59,6 +74,7 @@ impl StopReason {
             StopReason::FailEntry { .. } | StopReason::UnhandledExit(_) => 67,
             StopReason::Timeout => 68,
             StopReason::KvmRunFailed(_) => 69,
+            StopReason::Snapshot(_) => 71,
             StopReason::Interrupted => 130,
         }
     }
@@ -97,6 +113,7 @@ impl fmt::Display for StopReason {
             StopReason::UnhandledExit(what) => write!(f, "unhandled KVM exit: {what}"),
             StopReason::Timeout => write!(f, "guest timed out"),
             StopReason::Interrupted => write!(f, "interrupted"),
+            StopReason::Snapshot(why) => write!(f, "snapshot failure: {why}"),
             StopReason::KvmRunFailed(errno) => {
                 write!(
                     f,
@@ -117,9 +134,14 @@ pub enum ExitDecision {
     InternalError {
         suberror: u32,
     },
+    /// A snapshot-device command for the VM to carry out.
+    Snapshot(SnapshotCommand),
+    /// KVM's dirty ring filled up.
+    DirtyRingFull,
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_EXIT_DIRTY_RING_FULL: u32 = kvm_bindings::KVM_EXIT_DIRTY_RING_FULL;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
@@ -130,6 +152,7 @@ fn device_decision(action: DeviceAction) -> ExitDecision {
         DeviceAction::DebugExit(code) => ExitDecision::Stop(StopReason::DebugExit(code)),
         // The device manager follows BAR moves before the action gets here.
         DeviceAction::BarsRelocated(_) => ExitDecision::Continue,
+        DeviceAction::Snapshot(command) => ExitDecision::Snapshot(command),
     }
 }
 
@@ -159,6 +182,7 @@ pub fn handle_exit(exit: VcpuExit, bus: &mut dyn IoBus) -> ExitDecision {
         },
         VcpuExit::FailEntry(reason, _cpu) => ExitDecision::Stop(StopReason::FailEntry { reason }),
         VcpuExit::InternalError => ExitDecision::InternalError { suberror: 0 },
+        VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL) => ExitDecision::DirtyRingFull,
         other => ExitDecision::Stop(StopReason::UnhandledExit(format!("{other:?}"))),
     }
 }
@@ -189,7 +213,7 @@ const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// Runs the vCPU until the guest stops or a kick arrives.
 pub fn run_vcpu(
     vcpu: &mut VcpuFd,
-    bus: &mut dyn IoBus,
+    hooks: &mut dyn VcpuHooks,
     read_guest: &dyn Fn(u64, &mut [u8]) -> bool,
 ) -> StopReason {
     CURRENT_KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
@@ -198,8 +222,18 @@ pub fn run_vcpu(
             break reason;
         }
         match vcpu.run() {
-            Ok(exit) => match handle_exit(exit, bus) {
+            Ok(exit) => match handle_exit(exit, hooks) {
                 ExitDecision::Continue => {}
+                ExitDecision::Snapshot(command) => {
+                    if let Err(reason) = hooks.snapshot_command(vcpu, command) {
+                        break reason;
+                    }
+                }
+                ExitDecision::DirtyRingFull => {
+                    if let Err(reason) = hooks.dirty_ring_full() {
+                        break reason;
+                    }
+                }
                 ExitDecision::Stop(StopReason::TripleFault { .. }) => {
                     break StopReason::TripleFault {
                         rip: vcpu.get_regs().map(|r| r.rip).unwrap_or(0),

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -22,9 +22,14 @@ use crate::arch::layout::KVM_TSS_ADDR;
 use crate::boot::{load_kernel, BootError, BootSetup, InitrdSource};
 use crate::config::{KernelSource, SerialOutput, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::dirty_tracking::{DirtyTrackingError, DirtyTrackingMode};
 use crate::memory::{GuestRam, MemoryError};
 use crate::signals;
+use crate::snapshot_engine::{SnapshotEngine, SnapshotEngineError, VmParts};
 use crate::vcpu::{run_vcpu, StopReason, TIMED_OUT};
+use crate::vcpu::{IoBus, VcpuHooks};
+use devices::snapshot_device::SnapshotCommand;
+use devices::DeviceAction;
 
 /// Kernel images larger than this are refused before reading them whole.
 const MAX_KERNEL_BYTES: u64 = 512 << 20;
@@ -64,6 +69,10 @@ pub enum VmError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("dirty page tracking: {0}")]
+    DirtyTracking(#[from] DirtyTrackingError),
+    #[error("snapshot engine: {0}")]
+    Engine(#[from] SnapshotEngineError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -72,11 +81,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// A VM ready to run.
 pub struct Vm {
-    pub kvm: Kvm,
-    pub vm_fd: VmFd,
+    // Field order is drop order: the engine (which references RAM and the vCPU's dirty ring)
+    // goes before the vCPU and RAM it points into.
+    pub engine: SnapshotEngine,
     pub vcpu: VcpuFd,
-    pub ram: GuestRam,
     pub devices: DeviceManager,
+    pub vm_fd: Arc<VmFd>,
+    pub kvm: Kvm,
+    pub ram: GuestRam,
     pub boot: BootSetup,
     timeout: Option<Duration>,
 }
@@ -170,14 +182,31 @@ impl Vm {
             unsafe { vm_fd.set_user_memory_region(region) }
                 .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
         }
-        let devices = DeviceManager::new(&vm_fd, serial_out)?;
-        let vcpu = create_boot_vcpu(&kvm, &vm_fd, &boot)?;
+        let vm_fd = Arc::new(vm_fd);
+        let devices = DeviceManager::new(vm_fd.clone(), serial_out, &config.devices)?;
+        // The dirty ring must be enabled before any vCPU exists.
+        let tracking = DirtyTrackingMode::enable(&vm_fd)?;
+        let mut vcpu = create_boot_vcpu(&kvm, &vm_fd, &boot)?;
+        let engine = SnapshotEngine::new(
+            config.engine.clone(),
+            tracking,
+            &kvm,
+            &vm_fd,
+            &mut vcpu,
+            &ram,
+        )?;
+        tracing::info!(
+            tracker = engine.tracker_name(),
+            shadow_mmu = engine.shadow_mmu(),
+            "VM ready"
+        );
         Ok(Vm {
-            kvm,
-            vm_fd,
+            engine,
             vcpu,
-            ram,
             devices,
+            vm_fd,
+            kvm,
+            ram,
             boot,
             timeout: config.timeout,
         })
@@ -205,7 +234,13 @@ impl Vm {
         let memory = &self.ram.memory;
         let read_guest =
             |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
-        let reason = run_vcpu(&mut self.vcpu, &mut self.devices, &read_guest);
+        let mut hooks = RunningVm {
+            vm_fd: &self.vm_fd,
+            ram: &self.ram,
+            devices: &mut self.devices,
+            engine: &mut self.engine,
+        };
+        let reason = run_vcpu(&mut self.vcpu, &mut hooks, &read_guest);
         drop(done);
         if let Some(handle) = kicker {
             let _ = handle.join();
@@ -241,4 +276,62 @@ fn create_boot_vcpu(kvm: &Kvm, vm_fd: &VmFd, boot: &BootSetup) -> Result<VcpuFd,
     wire_lapic_lint(&mut lapic);
     vcpu.set_lapic(&lapic).map_err(kvm_err("SET_LAPIC"))?;
     Ok(vcpu)
+}
+
+/// The VM as the vCPU loop sees it while running: devices for I/O, the engine for snapshots.
+struct RunningVm<'a> {
+    vm_fd: &'a VmFd,
+    ram: &'a GuestRam,
+    devices: &'a mut DeviceManager,
+    engine: &'a mut SnapshotEngine,
+}
+
+impl IoBus for RunningVm<'_> {
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        self.devices.pio_read(port, data);
+    }
+    fn pio_write(&mut self, port: u16, data: &[u8]) -> DeviceAction {
+        self.devices.pio_write(port, data)
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.engine.poll_capture(self.devices);
+        self.devices.mmio_read(addr, data);
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction {
+        self.devices.mmio_write(addr, data)
+    }
+}
+
+impl VcpuHooks for RunningVm<'_> {
+    fn snapshot_command(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        command: SnapshotCommand,
+    ) -> Result<(), StopReason> {
+        let mut parts = VmParts {
+            vm_fd: self.vm_fd,
+            vcpu,
+            ram: self.ram,
+            devices: self.devices,
+        };
+        let result = match command {
+            SnapshotCommand::Save => self.engine.save(&mut parts),
+            SnapshotCommand::Restore => self.engine.restore(&mut parts),
+            // Without a fuzz harness there is nobody to record a crash or hand out the next
+            // input: a crash stops the VM, a finished run rolls back for the next one.
+            SnapshotCommand::Crash { code } => {
+                return Err(StopReason::Snapshot(format!(
+                    "guest reported a crash (code {code:#x}) through the snapshot device"
+                )))
+            }
+            SnapshotCommand::Done { .. } => self.engine.restore(&mut parts),
+        };
+        result.map_err(|e| StopReason::Snapshot(e.to_string()))
+    }
+
+    fn dirty_ring_full(&mut self) -> Result<(), StopReason> {
+        self.engine
+            .harvest()
+            .map_err(|e| StopReason::Snapshot(e.to_string()))
+    }
 }

@@ -279,3 +279,43 @@ pub fn enable_sync_regs(vcpu: &mut VcpuFd) {
     vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
     vcpu.set_sync_valid_reg(SyncReg::VcpuEvents);
 }
+
+/// LAPIC registers that count on their own (timer current count) and so differ with time.
+const LAPIC_TIMER_CURRENT_COUNT: usize = 0x390;
+
+/// The parts of `now` that differ from `saved`, by name. Values that move with time alone (the
+/// TSC, the LAPIC timer's current count) are not compared: a restore does not stop the clock.
+pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut check = |name: &str, same: bool| {
+        if !same {
+            differences.push(name.to_string());
+        }
+    };
+    check("general registers", saved.regs == now.regs);
+    check("segment/control registers", saved.sregs == now.sregs);
+    check("XSAVE area", saved.xsave == now.xsave);
+    check("XCRs", saved.xcrs == now.xcrs);
+    check("vCPU events", saved.vcpu_events == now.vcpu_events);
+    check("MP state", saved.mp_state == now.mp_state);
+    check("debug registers", saved.debug_regs == now.debug_regs);
+    let timeless = |state: &VcpuState| {
+        let mut lapic = state.lapic.clone();
+        if let Some(count) = lapic.get_mut(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4)
+        {
+            count.fill(0);
+        }
+        lapic
+    };
+    check("LAPIC", timeless(saved) == timeless(now));
+    for (a, b) in saved.msrs.iter().zip(&now.msrs) {
+        let moves_with_time = matches!(
+            a.index,
+            snapshot::vm_state::msr::IA32_TSC | snapshot::vm_state::msr::IA32_TSC_ADJUST
+        );
+        if !moves_with_time && (a.index != b.index || a.value != b.value) {
+            check(&format!("MSR {:#x}", a.index), false);
+        }
+    }
+    differences
+}
