@@ -1,6 +1,7 @@
 //! snapvmm's VMM: KVM VM and vCPU set-up, guest memory, kernel loading and the vCPU run loop.
 
 pub mod arch;
+pub mod bench;
 pub mod boot;
 pub mod config;
 pub mod device_manager;

@@ -30,6 +30,18 @@ enum Command {
     Run(RunArgs),
     /// List the guests built into this binary.
     Guests,
+    /// Measure restores per second and the SAVE stall; prints a Markdown report.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Guest RAM sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "64M,1G")]
+    sizes: Vec<MemSize>,
+    /// Pages the guest dirties per round.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    pages: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -113,6 +125,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Bench(args) => match bench(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("snapvmm: {error}");
+                ExitCode::from(STATUS_SETUP_ERROR)
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(status) => ExitCode::from(status),
             Err(error) => {
@@ -174,4 +193,15 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     let status = reason.exit_status();
     eprintln!("snapvmm: {reason} (exit status {status})");
     Ok(status)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let kernel = KernelSource::File(
+        guest_tools::guest_path("snapshot-bench")
+            .ok_or_else(|| anyhow::anyhow!("guest-tools has no snapshot-bench guest"))?,
+    );
+    let sizes: Vec<u64> = args.sizes.iter().map(|s| s.0).collect();
+    let report = vmm::bench::run_matrix(&kernel, &sizes, &args.pages)?;
+    println!("{report}");
+    Ok(())
 }

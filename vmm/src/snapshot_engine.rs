@@ -93,6 +93,8 @@ pub struct EngineOptions {
 /// Counters for logs and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct EngineStats {
+    /// When the first SAVE finished: benchmarks time the restore loop from here.
+    pub first_save_done: Option<Instant>,
     pub saves: u64,
     pub restores: u64,
     pub full_vcpu_restores: u64,
@@ -406,6 +408,7 @@ impl SnapshotEngine {
         }
         self.stats.saves += 1;
         self.stats.last_save_stall = started.elapsed();
+        self.stats.first_save_done.get_or_insert_with(Instant::now);
         Ok(())
     }
 

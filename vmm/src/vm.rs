@@ -212,6 +212,24 @@ impl Vm {
         })
     }
 
+    /// Fills every page of RAM above the kernel with a non-zero pattern, so that memory is
+    /// populated as in a long-running guest (benchmarks of the SAVE stall use it).
+    pub fn populate_free_ram(&mut self) {
+        let start = self.boot.kernel_end.next_multiple_of(4096) + (16 << 20);
+        for (guest_addr, len, host_addr) in self.ram.slots() {
+            let from = start.max(guest_addr).min(guest_addr + len);
+            let offset = (from - guest_addr) as usize;
+            // SAFETY: writing inside this region's live host mapping, before the guest runs.
+            unsafe {
+                std::ptr::write_bytes(
+                    (host_addr as *mut u8).add(offset),
+                    0xa5,
+                    len as usize - offset,
+                );
+            }
+        }
+    }
+
     /// Runs the guest on the calling thread until it stops.
     pub fn run(&mut self) -> Result<StopReason, VmError> {
         signals::install().map_err(VmError::Signals)?;

@@ -1,0 +1,194 @@
+//! `snapvmm bench`: restores per second for each restore strategy, guest size and number of
+//! pages dirtied per round, side by side with the same loop without restores (the floor), and the
+//! SAVE stall. Runs the `snapshot-bench` guest from guest-tools; every figure comes from one run.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::config::{KernelSource, SerialOutput, VmConfig};
+use crate::snapshot_engine::{RestoreStrategy, VcpuRestore};
+use crate::vcpu::StopReason;
+use crate::vm::{Vm, VmError};
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("the bench guest stopped unexpectedly: {reason}")]
+    GuestFailed { reason: String },
+    #[error("the bench guest never took a snapshot")]
+    NoSnapshot,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub mem_bytes: u64,
+    pub mode: BenchMode,
+    pub pages: u32,
+    pub rounds: u32,
+    pub elapsed: Duration,
+    pub pages_restored: u64,
+    pub full_vcpu_restores: u64,
+    pub shadow_mmu_resets: u64,
+    pub save_stall: Duration,
+    pub capture_stall: Duration,
+}
+
+impl BenchResult {
+    pub fn per_second(&self) -> f64 {
+        self.rounds as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchMode {
+    /// The same loop with one cheap device read instead of a RESTORE.
+    Floor,
+    Restore(RestoreStrategy),
+}
+
+impl BenchMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BenchMode::Floor => "no restore (floor)",
+            BenchMode::Restore(RestoreStrategy::Dirty) => "dirty",
+            BenchMode::Restore(RestoreStrategy::Remap) => "remap",
+        }
+    }
+}
+
+/// Runs the bench guest once: it takes a snapshot, then `rounds` times dirties `pages` pages and
+/// restores (or, for the floor, does one device read instead).
+pub fn run_one(
+    kernel: &KernelSource,
+    mem_bytes: u64,
+    mode: BenchMode,
+    pages: u32,
+    rounds: u32,
+    populate_ram: bool,
+) -> Result<BenchResult, BenchError> {
+    let mut config = VmConfig::new(kernel.clone());
+    config.mem_bytes = mem_bytes;
+    config.serial = SerialOutput::File(
+        std::env::temp_dir().join(format!("snapvmm-bench-{}.log", std::process::id())),
+    );
+    config.timeout = Some(Duration::from_secs(600));
+    config.cmdline = format!(
+        "rounds={rounds} pages={pages} mode={}",
+        if mode == BenchMode::Floor {
+            "noop"
+        } else {
+            "restore"
+        }
+    );
+    config.engine.vcpu_restore = VcpuRestore::Auto;
+    if let BenchMode::Restore(strategy) = mode {
+        config.engine.strategy = strategy;
+    }
+    let mut vm = Vm::new(&config)?;
+    if populate_ram {
+        vm.populate_free_ram();
+    }
+    let reason = vm.run()?;
+    let stopped = Instant::now();
+    if reason != StopReason::DebugExit(0) {
+        return Err(BenchError::GuestFailed {
+            reason: reason.to_string(),
+        });
+    }
+    let stats = &vm.engine.stats;
+    let started = stats.first_save_done.ok_or(BenchError::NoSnapshot)?;
+    Ok(BenchResult {
+        mem_bytes,
+        mode,
+        pages,
+        rounds,
+        elapsed: stopped - started,
+        pages_restored: stats.pages_restored,
+        full_vcpu_restores: stats.full_vcpu_restores,
+        shadow_mmu_resets: stats.shadow_mmu_resets,
+        save_stall: stats.last_save_stall,
+        capture_stall: stats.last_capture_stall,
+    })
+}
+
+/// Rounds for a configuration: about half a second of work, at least 200.
+fn rounds_for(pages: u32) -> u32 {
+    (8000 / (1 + pages / 8)).max(200)
+}
+
+/// The whole matrix as a Markdown report.
+pub fn run_matrix(
+    kernel: &KernelSource,
+    sizes: &[u64],
+    page_counts: &[u32],
+) -> Result<String, BenchError> {
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "| guest RAM | pages dirtied per round | mode | rounds | restores/s | us per round | % of floor |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|");
+    let mut stalls = Vec::new();
+    for &mem in sizes {
+        for &pages in page_counts {
+            let rounds = rounds_for(pages);
+            let floor = run_one(kernel, mem, BenchMode::Floor, pages, rounds, false)?;
+            for mode in [
+                BenchMode::Floor,
+                BenchMode::Restore(RestoreStrategy::Dirty),
+                BenchMode::Restore(RestoreStrategy::Remap),
+            ] {
+                let result = if mode == BenchMode::Floor {
+                    floor.clone()
+                } else {
+                    run_one(kernel, mem, mode, pages, rounds, false)?
+                };
+                let _ = writeln!(
+                    report,
+                    "| {} MiB | {} | {} | {} | {:.0} | {:.1} | {:.0}% |",
+                    mem >> 20,
+                    pages,
+                    mode.name(),
+                    rounds,
+                    result.per_second(),
+                    1e6 / result.per_second(),
+                    100.0 * result.per_second() / floor.per_second()
+                );
+                eprintln!(
+                    "bench: {} MiB, {} pages, {}: {:.0}/s",
+                    mem >> 20,
+                    pages,
+                    mode.name(),
+                    result.per_second()
+                );
+            }
+        }
+        // SAVE stall with every page of RAM populated (the worst case for the write-protect pass).
+        let populated = run_one(
+            kernel,
+            mem,
+            BenchMode::Restore(RestoreStrategy::Dirty),
+            1,
+            10,
+            true,
+        )?;
+        stalls.push((mem, populated.save_stall, populated.capture_stall));
+    }
+    let _ = writeln!(report);
+    let _ = writeln!(report, "| guest RAM (all pages populated) | SAVE stall (guest stopped) | of which RAM write-protect |");
+    let _ = writeln!(report, "|---|---|---|");
+    for (mem, stall, capture) in stalls {
+        let _ = writeln!(
+            report,
+            "| {} MiB | {:.2} ms | {:.2} ms |",
+            mem >> 20,
+            stall.as_secs_f64() * 1e3,
+            capture.as_secs_f64() * 1e3
+        );
+    }
+    Ok(report)
+}
