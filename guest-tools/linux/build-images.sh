@@ -7,7 +7,8 @@
 # Fetches (apt-get download, no install) the Debian 6.12 kernel and busybox-static, unpacks them
 # with dpkg -x, and writes into DIR (default <workspace>/target/guest-images):
 #   l1/vmlinux            outer Linux (L1): the uncompressed ELF from the 6.12 vmlinuz, PVH entry
-#   l1/base.cpio          L1 initramfs (raw cpio): busybox, /init, KVM modules, lane tools, /guest/*
+#   l1/base.cpio          L1 initramfs (raw cpio): busybox, /init, KVM modules, lane tools, and
+#                         /guest/{bzImage,vmlinux,initramfs.cpio} for snapvmm inside L1
 #   guest/bzImage         inner Linux guest kernel for snapvmm (the stock 6.12 vmlinuz)
 #   guest/initramfs.cpio  inner guest initramfs (raw cpio): busybox, /init = guest-init.sh
 #   bin/                  the static lane tools (lane-exec, lane-chat, kvm-check)
@@ -243,6 +244,8 @@ cp "$BUSYBOX" "$L1_ROOT/bin/busybox"
 install -m 755 "$HERE/l1-init.sh" "$L1_ROOT/init"
 for tool in lane-exec lane-chat kvm-check; do cp "$OUT/bin/$tool" "$L1_ROOT/bin/$tool"; done
 cp "$OUT/guest/bzImage" "$OUT/guest/initramfs.cpio" "$L1_ROOT/guest/"
+# The same kernel as an ELF with a PVH note, for snapvmm's PVH boot path (no decompression).
+cp "$OUT/l1/vmlinux" "$L1_ROOT/guest/vmlinux"
 pack_cpio "$L1_ROOT" "$OUT/l1/base.cpio"
 
 cat >"$OUT/manifest.txt" <<EOF

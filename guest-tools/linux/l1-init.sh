@@ -32,7 +32,7 @@ if [ -c /dev/kvm ]; then echo "@@LANE kvm dev=yes"; else echo "@@LANE kvm dev=no
 dmesg -n 1
 
 # What jobs find: the inner guest's images, and the lane tools on PATH.
-export LANE_GUEST_KERNEL=/guest/bzImage LANE_GUEST_INITRD=/guest/initramfs.cpio
+export LANE_GUEST_KERNEL=/guest/bzImage LANE_GUEST_VMLINUX=/guest/vmlinux LANE_GUEST_INITRD=/guest/initramfs.cpio
 echo "@@LANE ready uptime=$(uptime_s)"
 for job in /lane/jobs/*; do
   [ -f "$job/run" ] || continue

@@ -196,15 +196,21 @@ const STATUS_RESET: i32 = 65;
 /// What the `guest-boot` guest writes to the debug-exit port once its init ran.
 const BOOT_EXIT_CODE: i32 = 7;
 
-/// A job that boots the inner guest with `snapvmm run`; `actions` go to the guest's /init.
-/// `extra_cmdline` comes before them (e.g. a broken `rdinit=`).
+/// A job that boots the inner guest (the stock bzImage) with `snapvmm run`; `actions` go to the
+/// guest's /init. `extra_cmdline` comes before them (e.g. a broken `rdinit=`).
 fn guest_job(name: &str, extra_cmdline: &str, actions: &str) -> Job {
     Job::new(name, GUEST_BUDGET, &guest_command(extra_cmdline, actions))
 }
 
 fn guest_command(extra_cmdline: &str, actions: &str) -> String {
+    snapvmm_command("$LANE_GUEST_KERNEL", extra_cmdline, actions)
+}
+
+/// `snapvmm run` of `kernel` (a path or a variable of the L1 job environment) with the guest
+/// initramfs.
+fn snapvmm_command(kernel: &str, extra_cmdline: &str, actions: &str) -> String {
     format!(
-        "snapvmm run --kernel \"$LANE_GUEST_KERNEL\" --initrd \"$LANE_GUEST_INITRD\" --mem 256M \
+        "snapvmm run --kernel \"{kernel}\" --initrd \"$LANE_GUEST_INITRD\" --mem 256M \
          --timeout {GUEST_TIMEOUT_SECONDS} --cmdline '{GUEST_CMDLINE} {extra_cmdline} -- {actions}'"
     )
 }
@@ -222,6 +228,12 @@ fn guest_lane() -> Lane {
         .with_snapvmm()
         .job(Job::new("snapvmm-help", 10 * SECOND, "snapvmm run --help"))
         .job(guest_job("guest-boot", "", &boot_actions))
+        // The same kernel as an ELF with a PVH note: snapvmm's PVH entry instead of the bzImage.
+        .job(Job::new(
+            "guest-boot-pvh",
+            GUEST_BUDGET,
+            &snapvmm_command("$LANE_GUEST_VMLINUX", "", &boot_actions),
+        ))
         .job(Job::new("guest-typed-command", GUEST_BUDGET, &typed))
         .job(guest_job("guest-reboot", "", "reboot"))
         // With an initramfs the kernel runs rdinit= (default /init); init= only after a root mount.
@@ -256,6 +268,12 @@ fn stock_linux_boots_to_userspace() {
     let job = check(guest().job("guest-boot"));
     check(expect_guest_booted(job));
     check(job.expect_output("@@GUEST action exit=7"));
+}
+
+#[test]
+fn stock_linux_boots_through_the_pvh_entry() {
+    let job = check(guest().job("guest-boot-pvh"));
+    check(expect_guest_booted(job));
 }
 
 #[test]
