@@ -2,8 +2,9 @@
 //! `gcc`, `ld`, `objcopy` and `ar` (see `runtime/README.md`).
 //!
 //! Outputs in `OUT_DIR`: `<guest>.elf` (64-bit ELF entry, no PVH note), `<guest>-pvh.elf` (the
-//! same program with a PVH note and 32-bit entry), `pvh-hello.elf`, and `guests.rs`, the list
-//! that `src/lib.rs` includes.
+//! same program with a PVH note and 32-bit entry), `pvh-hello.elf`, the static Linux programs
+//! `linux-programs/<name>.c` -> `<name>` (glibc, `gcc -static`), and `guests.rs`, the lists that
+//! `src/lib.rs` includes.
 
 use std::fmt;
 use std::fs;
@@ -20,7 +21,15 @@ const KERNEL_SOURCES: &[&str] = &[
     "fault.c",
     "console.c",
 ];
-const USER_SOURCES: &[&str] = &["crt0.S", "start.c", "console.c", "pci.c", "string.c"];
+const USER_SOURCES: &[&str] = &[
+    "crt0.S",
+    "start.c",
+    "console.c",
+    "pci.c",
+    "string.c",
+    "heap.c",
+    "snapshot.c",
+];
 /// Kernel symbols the rest of the link may see; every other kernel symbol is made local so that
 /// the kernel's helpers (memcpy, ...) never clash with the user program's.
 const KERNEL_EXPORTS: &[&str] = &["kernel_entry64", "kernel_entry_common"];
@@ -58,11 +67,17 @@ impl fmt::Display for BuildError {
 
 type BuildResult<T> = Result<T, BuildError>;
 
+/// Static Linux user programs: hosted, optimised, warnings on.
+const LINUX_PROGRAM_CFLAGS: &[&str] = &["-static", "-O2", "-g", "-Wall", "-Wextra", "-std=gnu11"];
+
 /// Where the sources are and where the outputs go.
 struct Paths {
     runtime: PathBuf,
     include: PathBuf,
+    /// Headers shared by the runtime and Linux programs (`snapshot_device.h`).
+    shared_include: PathBuf,
     guests: PathBuf,
+    linux_programs: PathBuf,
     pvh_hello: PathBuf,
     out: PathBuf,
     objects: PathBuf,
@@ -103,12 +118,21 @@ fn build() -> BuildResult<()> {
     let paths = Paths {
         runtime: manifest_dir.join("runtime"),
         include: manifest_dir.join("runtime/include"),
+        shared_include: manifest_dir.join("include"),
         guests: manifest_dir.join("guests"),
+        linux_programs: manifest_dir.join("linux-programs"),
         pvh_hello: manifest_dir.join("pvh-hello"),
         objects: out.join("obj"),
         out,
     };
-    for watched in ["build.rs", "runtime", "guests", "pvh-hello"] {
+    for watched in [
+        "build.rs",
+        "runtime",
+        "include",
+        "guests",
+        "linux-programs",
+        "pvh-hello",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             manifest_dir.join(watched).display()
@@ -127,7 +151,7 @@ fn build() -> BuildResult<()> {
     let libgcc = libgcc_path()?;
 
     let mut built = Vec::new();
-    for guest in guest_programs(&paths.guests)? {
+    for guest in c_programs(&paths.guests)? {
         let object = compile(
             &paths,
             &paths.guests.join(format!("{guest}.c")),
@@ -169,7 +193,20 @@ fn build() -> BuildResult<()> {
         entry: Entry::MultibootOrPvh32,
     });
 
-    write_guest_list(&paths.out.join("guests.rs"), &built)
+    let mut linux_programs = Vec::new();
+    for program in c_programs(&paths.linux_programs)? {
+        let output = paths.out.join(&program);
+        run(Command::new("gcc")
+            .args(LINUX_PROGRAM_CFLAGS)
+            .arg("-I")
+            .arg(&paths.shared_include)
+            .arg("-o")
+            .arg(&output)
+            .arg(paths.linux_programs.join(format!("{program}.c"))))?;
+        linux_programs.push(program);
+    }
+
+    write_guest_list(&paths.out.join("guests.rs"), &built, &linux_programs)
 }
 
 fn env_var(name: &str) -> BuildResult<String> {
@@ -210,6 +247,8 @@ fn compile(
         .args(extra_flags)
         .arg("-I")
         .arg(&paths.include)
+        .arg("-I")
+        .arg(&paths.shared_include)
         .arg("-c")
         .arg(source)
         .arg("-o")
@@ -268,8 +307,8 @@ fn libgcc_path() -> BuildResult<PathBuf> {
     Ok(PathBuf::from(path.trim()))
 }
 
-/// The guest programs: every `guests/<name>.c`, sorted by name.
-fn guest_programs(dir: &Path) -> BuildResult<Vec<String>> {
+/// The programs in `dir`: every `<name>.c`, sorted by name.
+fn c_programs(dir: &Path) -> BuildResult<Vec<String>> {
     let entries = fs::read_dir(dir).map_err(|e| io_error("read", dir, e))?;
     let mut names = Vec::new();
     for entry in entries {
@@ -333,7 +372,11 @@ fn link(emulation: &str, script: &Path, inputs: &[PathBuf], output: &Path) -> Bu
     Ok(())
 }
 
-fn write_guest_list(path: &Path, guests: &[BuiltGuest]) -> BuildResult<()> {
+fn write_guest_list(
+    path: &Path,
+    guests: &[BuiltGuest],
+    linux_programs: &[String],
+) -> BuildResult<()> {
     let mut source = String::from("/// Every guest `build.rs` built into `OUT_DIR`.\n");
     source.push_str("pub const BUILT_GUESTS: &[BuiltGuest] = &[\n");
     for guest in guests {
@@ -343,6 +386,14 @@ fn write_guest_list(path: &Path, guests: &[BuiltGuest]) -> BuildResult<()> {
             format!("{}.elf", guest.name),
             guest.entry.rust_name()
         ));
+    }
+    source.push_str("];\n");
+    source.push_str(
+        "/// Every static Linux program `build.rs` built into `OUT_DIR` (file name = name).\n",
+    );
+    source.push_str("pub const LINUX_PROGRAMS: &[&str] = &[\n");
+    for program in linux_programs {
+        source.push_str(&format!("    {program:?},\n"));
     }
     source.push_str("];\n");
     fs::write(path, source).map_err(|e| io_error("write", path, e))

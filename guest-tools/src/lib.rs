@@ -1,7 +1,8 @@
 //! Guest programs built from source by `build.rs`: the bare-metal guest runtime (a tiny 64-bit
-//! kernel that runs a C program at CPL3) with its test guests, and `pvh-hello`, an independent
-//! 32-bit test kernel. `runtime/README.md` documents the entry contract, the memory map and the
-//! exit codes.
+//! kernel that runs a C program at CPL3) with its test guests, `pvh-hello`, an independent
+//! 32-bit test kernel, and static Linux programs for Linux guests (`linux-programs/`).
+//! `runtime/README.md` documents the entry contract, the memory map, the exit codes and the
+//! snapshot-device API; `include/snapshot_device.h` is the device's C ABI.
 
 use std::path::PathBuf;
 
@@ -43,6 +44,21 @@ pub fn guest_path(name: &str) -> Option<PathBuf> {
         .find(|guest| guest.name == name)
         .map(|guest| guest_dir().join(guest.file_name))
 }
+
+/// The path of the static Linux program called `name` (see [`LINUX_PROGRAMS`]), if there is one.
+/// These run as user programs inside a Linux guest (for example in the real-KVM lane), not as
+/// kernels.
+pub fn linux_program_path(name: &str) -> Option<PathBuf> {
+    LINUX_PROGRAMS
+        .iter()
+        .find(|program| **program == name)
+        .map(|program| guest_dir().join(program))
+}
+
+/// `snapshot-demo` (`linux-programs/snapshot-demo.c`): SAVE, change a variable, RESTORE through
+/// `/sys/bus/pci/devices/0000:00:04.0/resource0`; prints `snapshot-demo: PASS ...` and exits 0
+/// when the variable rolled back and execution continued after the SAVE.
+pub const SNAPSHOT_DEMO_PATH: &str = concat!(env!("OUT_DIR"), "/snapshot-demo");
 
 /// Exit codes the runtime writes to the debug-exit port 0xf4 (mirrors `runtime/include/rt_abi.h`).
 pub mod exit_code {

@@ -130,7 +130,15 @@ fn runtime_guest_names() -> Vec<&'static str> {
 #[test]
 fn every_runtime_guest_has_a_pvh_twin_and_the_test_guests_exist() {
     let names = runtime_guest_names();
-    for expected in ["hello", "pci-list", "fault"] {
+    for expected in [
+        "hello",
+        "pci-list",
+        "fault",
+        "memmap",
+        "snapshot-basic",
+        "snapshot-stress",
+        "snapshot-bench",
+    ] {
         assert!(
             names.contains(&expected),
             "{expected} missing from {names:?}"
@@ -211,4 +219,144 @@ fn exit_codes_round_trip_through_vectors() {
     assert_eq!(exit_code::exception_vector(46), Some(14));
     assert_eq!(exit_code::exception_vector(exit_code::KERNEL_FAULT), None);
     assert_eq!(exit_code::exception_vector(64), None);
+}
+
+#[test]
+fn linux_programs_are_static_64_bit_executables() {
+    assert!(
+        LINUX_PROGRAMS.contains(&"snapshot-demo"),
+        "{LINUX_PROGRAMS:?}"
+    );
+    assert_eq!(
+        linux_program_path("snapshot-demo"),
+        Some(PathBuf::from(SNAPSHOT_DEMO_PATH))
+    );
+    assert_eq!(linux_program_path("no-such-program"), None);
+    for name in LINUX_PROGRAMS {
+        let path = linux_program_path(name).expect("listed");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(&bytes[..4], b"\x7fELF", "{name}");
+        assert_eq!(bytes[4], 2, "{name}: not ELF64");
+        assert_eq!(u16_at(&bytes, 0x12), 0x3e, "{name}: not x86-64");
+        let phoff = u64_at(&bytes, 0x20) as usize;
+        let phentsize = u16_at(&bytes, 0x36) as usize;
+        let phnum = u16_at(&bytes, 0x38) as usize;
+        const PT_INTERP: u32 = 3;
+        const PT_DYNAMIC: u32 = 2;
+        for i in 0..phnum {
+            let kind = u32_at(&bytes, phoff + i * phentsize);
+            assert!(
+                kind != PT_INTERP && kind != PT_DYNAMIC,
+                "{name}: dynamically linked"
+            );
+        }
+    }
+}
+
+/// A stand-in for BAR0 of the snapshot device: a 4 KiB file with the given registers. No VM
+/// rolls anything back here, so this checks the program's checks and messages, not snapshots.
+struct FakeRegisters {
+    path: PathBuf,
+}
+
+impl FakeRegisters {
+    fn new(registers: &[(usize, u32)]) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "guest-tools-fake-resource0-{}-{n}",
+            std::process::id()
+        ));
+        let mut bytes = vec![0u8; 4096];
+        for &(offset, value) in registers {
+            bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).expect("write the fake register file");
+        FakeRegisters { path }
+    }
+
+    fn register(&self, offset: usize) -> u32 {
+        let bytes = std::fs::read(&self.path).expect("read the fake register file");
+        u32_at(&bytes, offset)
+    }
+}
+
+impl Drop for FakeRegisters {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+const MAGIC: (usize, u32) = (0x00, 0x534e_4150);
+const ABI_1: (usize, u32) = (0x18, 1);
+const STATUS_SNAPSHOT_EXISTS: (usize, u32) = (0x04, 1);
+
+fn run_snapshot_demo(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let output = std::process::Command::new(SNAPSHOT_DEMO_PATH)
+        .args(args)
+        .output()
+        .expect("run snapshot-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code().unwrap_or(-1), stdout)
+}
+
+fn run_demo_on(fake: &FakeRegisters) -> (i32, String) {
+    run_snapshot_demo(&[fake.path.as_os_str()])
+}
+
+#[test]
+fn snapshot_demo_reports_a_missing_or_foreign_device() {
+    let (code, out) = run_snapshot_demo(&["/nonexistent/resource0".as_ref()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("snapshot-demo: FAIL:"), "{out}");
+
+    let (code, out) = run_snapshot_demo(&["--help".as_ref()]);
+    assert_eq!(code, 1, "{out}");
+
+    let (code, out) = run_demo_on(&FakeRegisters::new(&[]));
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("FAIL: MAGIC"), "{out}");
+
+    let (code, out) = run_demo_on(&FakeRegisters::new(&[MAGIC, (0x18, 2)]));
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("ABI version 2"), "{out}");
+}
+
+#[test]
+fn snapshot_demo_writes_save_then_restore_as_32_bit_commands() {
+    // STATUS says no snapshot after the SAVE: the program stops before changing anything.
+    let fake = FakeRegisters::new(&[MAGIC, ABI_1]);
+    let (code, out) = run_demo_on(&fake);
+    assert_eq!(code, 5, "{out}");
+    assert_eq!(fake.register(0), 0x101, "SAVE not written to COMMAND");
+
+    // A "device" whose RESTORE does nothing: the first return restores, and the RESTORE returns.
+    let fake = FakeRegisters::new(&[MAGIC, ABI_1, STATUS_SNAPSHOT_EXISTS]);
+    let (code, out) = run_demo_on(&fake);
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("first return from SAVE"), "{out}");
+    assert!(
+        out.contains("FAIL: RESTORE did not roll the VM back"),
+        "{out}"
+    );
+    assert_eq!(fake.register(0), 0x102, "RESTORE not written to COMMAND");
+}
+
+#[test]
+fn snapshot_demo_judges_the_second_return_by_restores_and_variables() {
+    // RESTORES already 1 right after the SAVE: the program takes the "after the restore" path,
+    // where the untouched variables are what a real rollback would show.
+    let fake = FakeRegisters::new(&[MAGIC, ABI_1, STATUS_SNAPSHOT_EXISTS, (0x08, 1)]);
+    let (code, out) = run_demo_on(&fake);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("snapshot-demo: PASS"), "{out}");
+
+    let fake = FakeRegisters::new(&[MAGIC, ABI_1, STATUS_SNAPSHOT_EXISTS, (0x08, 2)]);
+    let (code, out) = run_demo_on(&fake);
+    assert_eq!(code, 8, "{out}");
+
+    // RESTORES_HI counts too.
+    let fake = FakeRegisters::new(&[MAGIC, ABI_1, STATUS_SNAPSHOT_EXISTS, (0x0c, 1)]);
+    let (code, out) = run_demo_on(&fake);
+    assert_eq!(code, 8, "{out}");
 }

@@ -9,10 +9,12 @@
 #define SNAPVMM_RT_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "rt_abi.h"
+#include "snapshot_device.h"
 
 #define RT_NORETURN __attribute__((noreturn))
 #define RT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
@@ -75,6 +77,80 @@ const struct rt_pci_function *rt_pci_find(uint16_t vendor_id, uint16_t device_id
 volatile void *rt_pci_bar(const struct rt_pci_function *function, unsigned bar);
 uint32_t rt_pci_config_read32(const struct rt_pci_function *function, unsigned offset);
 void rt_pci_config_write32(const struct rt_pci_function *function, unsigned offset, uint32_t value);
+
+/* ---- memory: page-aligned bump allocation from user_regions[0] (the heap). Not zeroed, never
+ * freed; NULL when the region is exhausted. The allocator's state is a global, so a snapshot
+ * restore rolls allocations back with everything else. */
+void *rt_alloc_pages(size_t pages);
+
+/* ---- the snapshot device (PCI 1234:f987; the ABI is in snapshot_device.h) */
+#define RT_SNAPSHOT_OK 0
+#define RT_SNAPSHOT_NOT_FOUND (-1)   /* no 1234:f987 on bus 0 */
+#define RT_SNAPSHOT_UNMAPPED (-2)    /* BAR0, BAR2 or BAR4 unassigned or not mapped by the kernel */
+#define RT_SNAPSHOT_BAD_MAGIC (-3)
+#define RT_SNAPSHOT_BAD_VERSION (-4) /* ABI version other than SNAPSHOT_ABI_VERSION */
+/* Finds the device through the kernel's PCI scan, checks MAGIC and ABI_VERSION, and remembers
+ * where BAR0/2/4 are mapped. Returns RT_SNAPSHOT_OK or one of the errors above. Every other
+ * rt_snapshot_ and rt_ call below needs a successful open (they abort otherwise). */
+int rt_snapshot_open(void);
+const char *rt_snapshot_strerror(int error);
+/* BAR0, for snapshot_reg_read/snapshot_reg_write/snapshot_command. */
+volatile void *rt_snapshot_registers(void);
+/* SAVE. Returns twice, like setjmp: 0 right after the snapshot is taken, and after each RESTORE
+ * the number of restores since the SAVE (1, 2, ...), with all RAM and registers as at the SAVE.
+ * Costs one register read (a VM exit) after the SAVE: RESTORES_HI is read only when RESTORES_LO
+ * is 0, so the result is exact below 2^32 restores and 0 exactly on the first return;
+ * rt_snapshot_restores() reads the full 64-bit counter. */
+uint64_t rt_snapshot_save(void);
+/* RESTORE. Does not return on success (execution continues in rt_snapshot_save); when it
+ * returns (no snapshot, or the VMM failed) the result is the STATUS register. */
+uint32_t rt_snapshot_restore(void);
+uint32_t rt_snapshot_status(void);
+uint64_t rt_snapshot_restores(void);
+/* The input in BAR2 (host memory, not part of the snapshot) and its length (INPUT_LEN, capped to
+ * the BAR size). */
+const volatile uint8_t *rt_input(uint32_t *length);
+/* The coverage map in BAR4 (host memory, not part of the snapshot) and its size in bytes. */
+volatile uint8_t *rt_coverage(size_t *size);
+/* CRASH with ARG = code: a harness records the input and restores; `snapvmm run` stops the VM.
+ * Returns (with STATUS) only if the VMM did neither. */
+uint32_t rt_crash(uint32_t code);
+/* DONE (ARG is left as it is): a harness collects the coverage, loads the next input and
+ * restores; `snapvmm run` restores. Returns (with STATUS) only if that failed. */
+uint32_t rt_done(void);
+
+/* ---- kernel services (int3 with RAX = RT_SYS_MAGIC + number, see rt_abi.h) */
+static inline uint64_t rt_syscall(uint64_t number, uint64_t arg0, uint64_t arg1)
+{
+    uint64_t result;
+    __asm__ volatile("int3" : "=a"(result) : "a"(RT_SYS_MAGIC + number), "D"(arg0), "S"(arg1) : "memory");
+    return result;
+}
+/* Sets the kernel's 4 KiB PTE for `va` (in [RT_TEST_WINDOW_BASE, + RT_TEST_WINDOW_PT_SPAN)) and
+ * invalidates it. Returns the old entry, or (uint64_t)RT_SYS_ERROR if va is outside. */
+static inline uint64_t rt_sys_set_pte(uint64_t va, uint64_t pte)
+{
+    return rt_syscall(RT_SYS_SET_PTE, va, pte);
+}
+/* Sets the window's PD entry for `va` (in [RT_TEST_WINDOW_BASE, + RT_TEST_WINDOW_SPAN)) and
+ * reloads CR3. The entry is not checked: it may point at a page table the program built in its
+ * own RAM (which the program can then edit directly, followed by rt_sys_invlpg). Returns the old
+ * entry, or (uint64_t)RT_SYS_ERROR. */
+static inline uint64_t rt_sys_set_pde(uint64_t va, uint64_t pde)
+{
+    return rt_syscall(RT_SYS_SET_PDE, va, pde);
+}
+/* invlpg `va` (inside the window). Returns 0, or (uint64_t)RT_SYS_ERROR. */
+static inline uint64_t rt_sys_invlpg(uint64_t va)
+{
+    return rt_syscall(RT_SYS_INVLPG, va, 0);
+}
+/* A leaf or table entry for the window: present, writable, user, accessed, dirty. */
+static inline uint64_t rt_pte_for(uint64_t physical)
+{
+    return (physical & RT_PTE_ADDRESS_MASK) | RT_PTE_PRESENT | RT_PTE_WRITE | RT_PTE_USER | RT_PTE_ACCESSED |
+           RT_PTE_DIRTY;
+}
 
 /* ---- memory and strings (gcc may also call these on its own) */
 void *memcpy(void *dst, const void *src, size_t n);

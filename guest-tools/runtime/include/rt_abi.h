@@ -35,7 +35,7 @@
 #define RT_BOOT_PVH 2                /* PVH entry, EBX = hvm_start_info (QEMU -kernel, snapvmm) */
 
 #define RT_BOOT_INFO_MAGIC 0x49425452u /* "RTBI" */
-#define RT_BOOT_INFO_VERSION 1
+#define RT_BOOT_INFO_VERSION 2
 
 #define RT_MAX_PCI_FUNCTIONS 32
 #define RT_MAX_USER_REGIONS 8
@@ -53,6 +53,39 @@
 #define RT_WARN_RAM_UNMAPPED 0x2     /* some RAM could not be mapped (page-table pool exhausted) */
 #define RT_WARN_BAR_UNMAPPED 0x4     /* some memory BAR could not be mapped */
 #define RT_WARN_REGIONS_TRUNCATED 0x8
+
+/* Kernel services: `int3` from CPL3 with RAX = RT_SYS_MAGIC + RT_SYS_*, RDI and RSI =
+ * arguments; the result comes back in RAX, every other register (and RFLAGS) is preserved.
+ * On kvm_pvm `int3` through its DPL3 gate is the one way from CPL3 to CPL0 short of a fault:
+ * `int $n` raises #UD and `syscall` stays at CPL3. An int3 with any other RAX is a breakpoint
+ * (exit 35). The CPL0 side is a few instructions of assembly (entry.S), since kvm_pvm emulates
+ * each one (~0.6 us). */
+#define RT_SYS_MAGIC 0x5359534300000000 /* "SYSC" in the high half */
+#define RT_SYS_NOP 0       /* returns 0 */
+#define RT_SYS_SET_PTE 1   /* RDI = va in the window's first 2 MiB, RSI = new 4 KiB PTE: old PTE */
+#define RT_SYS_SET_PDE 2   /* RDI = va in the window, RSI = new PD entry, then CR3 reload: old PDE */
+#define RT_SYS_INVLPG 3    /* RDI = va in the window: invlpg, returns 0 */
+#define RT_SYS_COUNT 4
+#define RT_SYS_ERROR (-1)  /* (all ones in RAX) va outside the window, or no window */
+
+/* The page-table test window: virtual addresses whose translation a program may change through
+ * RT_SYS_SET_PTE / RT_SYS_SET_PDE, so that it can dirty page-table pages at CPL0 (and in tables
+ * of its own) between a snapshot and a restore. The kernel gives the window one PD (1 GiB) whose
+ * first entry points at one kernel PT (2 MiB of 4 KiB pages, all entries not present at boot);
+ * rt_boot_info.test_window_pd/pt hold their physical addresses. Nothing else maps it. */
+#define RT_TEST_WINDOW_BASE 0x400000000000 /* 64 TiB, PML4 slot 128 */
+#define RT_TEST_WINDOW_PT_SPAN 0x200000    /* what the kernel PT covers */
+#define RT_TEST_WINDOW_SPAN 0x40000000     /* what the PD covers */
+
+/* Page-table entry bits, for the entries programs pass to RT_SYS_SET_PTE/PDE. Set ACCESSED and
+ * DIRTY yourself: then the CPU's page walk never writes the table. */
+#define RT_PTE_PRESENT 0x1
+#define RT_PTE_WRITE 0x2
+#define RT_PTE_USER 0x4
+#define RT_PTE_ACCESSED 0x20
+#define RT_PTE_DIRTY 0x40
+#define RT_PTE_LARGE 0x80
+#define RT_PTE_ADDRESS_MASK 0x000ffffffffff000
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>
@@ -92,6 +125,8 @@ struct rt_boot_info {
      * kernel enabled, else 1. Lets printing poll the LSR once per burst, not once per byte. */
     uint32_t serial_tx_burst;
     uint32_t reserved;
+    /* Physical addresses of the test window's PD and PT (0 if the kernel could not make them). */
+    uint64_t test_window_pd, test_window_pt;
     struct rt_mem_region user_regions[RT_MAX_USER_REGIONS];
     struct rt_pci_function pci[RT_MAX_PCI_FUNCTIONS];
     char cmdline[RT_CMDLINE_MAX];

@@ -69,6 +69,10 @@ void cpu_tables_load(void)
 
     for (unsigned vector = 0; vector < 32; vector++) {
         uint64_t handler = (uint64_t)(uintptr_t)(exception_stubs + vector * EXCEPTION_STUB_SIZE);
+        /* int3 doubles as the kernel-service call (rt_abi.h); real breakpoints go on to the
+         * stub. */
+        if (vector == 3)
+            handler = (uint64_t)(uintptr_t)service_entry;
         struct idt_gate *gate = &idt[vector];
         gate->offset_low = (uint16_t)handler;
         gate->selector = RT_SEL_KERNEL_CS;

@@ -85,6 +85,81 @@ load_gdt_and_segments:
         push %rax
         lretq
 
+/* The #BP gate (DPL3, on the RSP0 stack). RAX = RT_SYS_MAGIC + RT_SYS_*: a kernel service with
+ * RDI/RSI as arguments and the result in RAX, every other register (and RFLAGS, through iretq)
+ * preserved. Any other RAX: a breakpoint, reported like every exception. Each instruction here
+ * is emulated on kvm_pvm (~0.6 us), hence assembly and no frame. */
+        .globl service_entry
+        .type service_entry, @function
+service_entry:
+        push %rcx
+        movabs $-RT_SYS_MAGIC, %rcx
+        add %rax, %rcx                  /* RCX = service number if RAX holds the magic */
+        cmp $RT_SYS_SET_PTE, %rcx
+        je set_pte
+        cmp $RT_SYS_SET_PDE, %rcx
+        je set_pde
+        cmp $RT_SYS_INVLPG, %rcx
+        je invalidate_page
+        cmp $RT_SYS_NOP, %rcx
+        jne breakpoint
+        xor %eax, %eax
+        pop %rcx
+        iretq
+breakpoint:
+        pop %rcx
+        jmp exception_stubs + 3 * 16    /* stub 3: stubs are 16 bytes apart */
+
+/* RCX := offset of RDI in the window; out of range (or no window): error. */
+set_pte:
+        movabs $-RT_TEST_WINDOW_BASE, %rcx
+        add %rdi, %rcx
+        cmp $RT_TEST_WINDOW_PT_SPAN, %rcx
+        jae service_error
+        shr $12, %rcx
+        mov test_window_pt_table(%rip), %rax
+        test %rax, %rax
+        jz service_error
+        lea (%rax,%rcx,8), %rcx
+        mov (%rcx), %rax
+        mov %rsi, (%rcx)
+        invlpg (%rdi)
+        pop %rcx
+        iretq
+
+set_pde:
+        movabs $-RT_TEST_WINDOW_BASE, %rcx
+        add %rdi, %rcx
+        cmp $RT_TEST_WINDOW_SPAN, %rcx
+        jae service_error
+        shr $21, %rcx
+        mov test_window_pd_table(%rip), %rax
+        test %rax, %rax
+        jz service_error
+        lea (%rax,%rcx,8), %rcx
+        mov (%rcx), %rax
+        mov %rsi, (%rcx)
+        /* A PD entry covers 512 pages: a CR3 reload drops them all in one instruction. */
+        mov %cr3, %rcx
+        mov %rcx, %cr3
+        pop %rcx
+        iretq
+
+invalidate_page:
+        movabs $-RT_TEST_WINDOW_BASE, %rcx
+        add %rdi, %rcx
+        cmp $RT_TEST_WINDOW_SPAN, %rcx
+        jae service_error
+        invlpg (%rdi)
+        xor %eax, %eax
+        pop %rcx
+        iretq
+
+service_error:
+        mov $RT_SYS_ERROR, %rax
+        pop %rcx
+        iretq
+
 /* 32 exception stubs, 16 bytes apart: push a dummy error code where the CPU pushes none, then
  * the vector. */
         .balign 16

@@ -70,6 +70,11 @@ void pci_scan(struct rt_boot_info *out);
  * Returns false if the page-table pool ran out. */
 bool map_range(uint64_t start, uint64_t end, uint64_t leaf_flags);
 uint64_t page_tables_root(void);
+/* Creates the page-table test window (rt_abi.h): a PD and a PT with no leaf entries, reachable
+ * by the RT_SYS_SET_PTE/PDE services. Call before the rest of the mapping so that it never
+ * lacks tables. Returns false if the pool ran out. */
+bool map_test_window(void);
+extern uint64_t *test_window_pd_table, *test_window_pt_table;
 
 /* ---- cpu.c: GDT, TSS, IDT, PIC */
 void cpu_tables_load(void);
@@ -77,6 +82,7 @@ void pic_mask_all(void);
 
 /* ---- entry.S */
 NORETURN void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg);
+extern const uint8_t service_entry[]; /* the #BP gate: kernel services, else a breakpoint */
 void load_cr3(uint64_t cr3);
 void load_gdt_and_segments(const void *gdtr);
 extern const uint8_t exception_stubs[];  /* 32 stubs, EXCEPTION_STUB_SIZE bytes apart */

@@ -135,6 +135,10 @@ static void build_page_tables(const struct machine_memory *mem, struct rt_boot_i
 
     if (!in_ram(mem, kernel_start, kernel_end) || !in_ram(mem, user_start, stack_top))
         boot_failure("the runtime's image and stack do not fit in RAM");
+    if (map_test_window()) {
+        bi->test_window_pd = (uint64_t)(uintptr_t)test_window_pd_table;
+        bi->test_window_pt = (uint64_t)(uintptr_t)test_window_pt_table;
+    }
     /* Page 0 up to the kernel stays unmapped: NULL and small offsets from it fault.
      * The page below the stack is unmapped too: a stack overflow faults. */
     if (!map_and_record(kernel_start, kernel_end, PTE_WRITE) || !map_and_record(user_start, user_ro_end, PTE_USER) ||

@@ -80,6 +80,24 @@ bool map_range(uint64_t start, uint64_t end, uint64_t leaf_flags)
     return true;
 }
 
+/* Read by the RT_SYS_SET_PTE/PDE handlers in entry.S. */
+uint64_t *test_window_pd_table, *test_window_pt_table;
+
+bool map_test_window(void)
+{
+    if (!pml4 && !(pml4 = alloc_table()))
+        return false;
+    uint64_t base = RT_TEST_WINDOW_BASE;
+    uint64_t *pdpt = next_table(pml4, (base >> 39) & 511);
+    uint64_t *pd = pdpt ? next_table(pdpt, (base >> 30) & 511) : NULL;
+    uint64_t *pt = pd ? next_table(pd, (base >> 21) & 511) : NULL;
+    if (!pt)
+        return false;
+    test_window_pd_table = pd;
+    test_window_pt_table = pt;
+    return true;
+}
+
 uint64_t page_tables_root(void)
 {
     return (uint64_t)(uintptr_t)pml4;
