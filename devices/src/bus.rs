@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::pci::BarRelocations;
+use crate::snapshot_device::SnapshotCommand;
 
 /// What a device asks of the VMM after a guest access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub enum DeviceAction {
     /// host-memory-backed BARs (memslots) accordingly; MMIO-trapped BARs need nothing, the
     /// `PciBus` routes them itself.
     BarsRelocated(BarRelocations),
+    /// The guest wrote a command to the snapshot device (save, restore, crash, run done). The
+    /// VMM carries it out and reports back through the device's host API.
+    Snapshot(SnapshotCommand),
 }
 
 /// A device on the port I/O bus. `offset` is relative to the device's base port.

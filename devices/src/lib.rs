@@ -12,17 +12,26 @@
 //!   (0x60..=0x64: data at offset 0, status/command at offset 4).
 //! - [`debug_exit::DebugExitDevice`]: [`debug_exit::DEBUG_EXIT_PORT_BASE`] + 4 ports.
 //! - [`pci::PciBus`]: configuration mechanism #1 at [`pci::PCI_CONFIG_PORT_BASE`] + 8 ports.
+//!
+//! On the PCI bus: [`snapshot_device::SnapshotDevice`] (1234:f987, slot
+//! [`snapshot_device::SNAPSHOT_DEVICE_DEFAULT_SLOT`] by default), whose commands come back as
+//! [`DeviceAction::Snapshot`].
 
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod snapshot_device;
 #[cfg(test)]
 mod test_rng;
 
 pub use bus::{DeviceAction, PioBus, PioDevice};
 pub use snapshot::{Persist, PersistError};
+pub use snapshot_device::{
+    BarMemory, BarMemoryError, SnapshotCommand, SnapshotDevice, SnapshotDeviceArgs,
+    SnapshotDeviceConfig, SnapshotDeviceError, SnapshotDeviceState, SnapshotDeviceStatistics,
+};
 
 /// Rolls a live object back to a saved state without rebuilding it. Implementations validate
 /// `state` with the same routine as [`Persist::restore`] and leave `self` untouched when it is
