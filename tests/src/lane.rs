@@ -35,6 +35,13 @@ pub const QEMU_ENV: &str = "SNAPVMM_LANE_QEMU";
 pub const IMAGES_ENV: &str = "SNAPVMM_GUEST_IMAGES";
 /// Environment variable: a snapvmm binary to use instead of building the static one.
 pub const SNAPVMM_BIN_ENV: &str = "SNAPVMM_LANE_BIN";
+/// Environment variable: L1's CPU count (default [`DEFAULT_L1_CPUS`]).
+pub const L1_CPUS_ENV: &str = "SNAPVMM_LANE_L1_CPUS";
+/// L1's CPU count unless a lane asks otherwise. One, because with two (MTTCG) L1 oopses on `int3`
+/// when its kernel patches code (a deferred static key) that the other CPU is executing, e.g. KVM's
+/// halt loop while the inner guest sits halted with its APIC off: 2 of 2 batches of halting
+/// guests crashed L1 with `-smp 2`, 0 of 8 boots with `-smp 1`, at the same speed.
+pub const DEFAULT_L1_CPUS: u32 = 1;
 /// The command that builds the images.
 pub const BUILD_COMMAND: &str = "bash guest-tools/linux/build-images.sh";
 /// Where snapvmm lands inside L1 (on `PATH` there).
@@ -52,7 +59,8 @@ const BETWEEN_JOBS_BUDGET: Duration = Duration::from_secs(30);
 const LOG_TAIL_LINES: usize = 40;
 const L1_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 
-/// Only one L1 at a time: every QEMU uses both cores.
+/// Only one L1 at a time: the machine has two cores, shared with builds, and a TCG CPU keeps one
+/// busy.
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
 /// What can go wrong while preparing or running the lane.
@@ -317,6 +325,7 @@ pub struct Lane {
     with_snapvmm: bool,
     qemu: Option<PathBuf>,
     images: Option<PathBuf>,
+    l1_cpus: Option<u32>,
 }
 
 impl Lane {
@@ -342,6 +351,13 @@ impl Lane {
     /// Uses the images in `dir` instead of [`images_dir`].
     pub fn images(mut self, dir: &Path) -> Self {
         self.images = Some(dir.to_owned());
+        self
+    }
+
+    /// Gives L1 `cpus` virtual CPUs instead of [`DEFAULT_L1_CPUS`] (or `$SNAPVMM_LANE_L1_CPUS`).
+    /// KVM in L1 reports `KVM_CAP_NR_VCPUS` = L1's CPU count, so multi-vCPU tests want more.
+    pub fn l1_cpus(mut self, cpus: u32) -> Self {
+        self.l1_cpus = Some(cpus);
         self
     }
 
@@ -398,7 +414,17 @@ impl Lane {
         let _one_l1_at_a_time = BOOT_LOCK
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = boot(&qemu, &vmlinux, &initrd, &log_path, &self.jobs);
+        let cpus = match self.l1_cpus {
+            Some(cpus) => cpus,
+            None => l1_cpus_from_env()?,
+        };
+        let machine = L1Machine {
+            qemu,
+            vmlinux,
+            initrd: initrd.clone(),
+            cpus,
+        };
+        let result = boot(&machine, &log_path, &self.jobs);
         // The initrd is tens of MiB and rebuilt every run; the log stays for inspection.
         let _ = fs::remove_file(&initrd);
         result
@@ -545,32 +571,37 @@ fn spawn_line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<(Inst
     receiver
 }
 
-fn boot(
-    qemu: &Path,
-    vmlinux: &Path,
-    initrd: &Path,
-    log_path: &Path,
-    jobs: &[Job],
-) -> Result<LaneRun, LaneError> {
+fn l1_cpus_from_env() -> Result<u32, LaneError> {
+    match std::env::var(L1_CPUS_ENV) {
+        Err(_) => Ok(DEFAULT_L1_CPUS),
+        Ok(text) => match text.parse::<u32>() {
+            Ok(cpus) if cpus > 0 => Ok(cpus),
+            _ => Err(LaneError::BadRequest(format!(
+                "{L1_CPUS_ENV}={text:?}: expected a positive number"
+            ))),
+        },
+    }
+}
+
+/// What QEMU boots as L1.
+struct L1Machine {
+    qemu: PathBuf,
+    vmlinux: PathBuf,
+    initrd: PathBuf,
+    cpus: u32,
+}
+
+fn boot(machine: &L1Machine, log_path: &Path, jobs: &[Job]) -> Result<LaneRun, LaneError> {
+    let qemu = &machine.qemu;
     let mut command = Command::new(qemu);
     command
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp"])
+        .arg(machine.cpus.to_string())
+        .args(["-nodefaults", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot", "-kernel"])
-        .arg(vmlinux)
+        .arg(&machine.vmlinux)
         .arg("-initrd")
-        .arg(initrd)
+        .arg(&machine.initrd)
         .args(["-append", L1_CMDLINE])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
