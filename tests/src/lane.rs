@@ -46,6 +46,8 @@ pub const DEFAULT_L1_CPUS: u32 = 1;
 pub const BUILD_COMMAND: &str = "bash guest-tools/linux/build-images.sh";
 /// Where snapvmm lands inside L1 (on `PATH` there).
 pub const SNAPVMM_IN_L1: &str = "/bin/snapvmm";
+/// The inner guest's initramfs inside L1 (`$LANE_GUEST_INITRD`, set by l1-init.sh).
+const GUEST_INITRD_IN_L1: &str = "/guest/initramfs.cpio";
 
 /// How long L1 may take from QEMU's start to `@@LANE ready` (normally ~5 s; CI machines are
 /// shared, so leave a wide margin).
@@ -326,6 +328,7 @@ pub struct Lane {
     qemu: Option<PathBuf>,
     images: Option<PathBuf>,
     l1_cpus: Option<u32>,
+    guest_programs: Vec<(String, PathBuf)>,
 }
 
 impl Lane {
@@ -379,6 +382,14 @@ impl Lane {
         self
     }
 
+    /// Adds the host program `host` as `/usr/bin/NAME` to the inner guest's initramfs (what
+    /// `$LANE_GUEST_INITRD` names inside L1), with its shared libraries if it is dynamically
+    /// linked; the guest init runs it with the action `run=NAME`.
+    pub fn guest_program(mut self, name: &str, host: &Path) -> Self {
+        self.guest_programs.push((name.to_owned(), host.to_owned()));
+        self
+    }
+
     /// Adds a file with `contents` at `path` inside L1.
     pub fn file(mut self, path: &str, mode: u32, contents: &[u8]) -> Self {
         self.files.push(L1File {
@@ -407,6 +418,10 @@ impl Lane {
                 FileContents::Host(host) => add_program(&mut overlay, &file.path, host)?,
             }
         }
+        if !self.guest_programs.is_empty() {
+            let initramfs = self.guest_initramfs(&images)?;
+            overlay.file(GUEST_INITRD_IN_L1, 0o644, &initramfs)?;
+        }
         let run_dir = run_dir(&self.name)?;
         let initrd = run_dir.join("initrd.cpio");
         write_initrd(&initrd, &base_cpio, &overlay.finish())?;
@@ -428,6 +443,25 @@ impl Lane {
         // The initrd is tens of MiB and rebuilt every run; the log stays for inspection.
         let _ = fs::remove_file(&initrd);
         result
+    }
+
+    /// The built guest initramfs with this lane's guest programs appended (the kernel unpacks
+    /// both archives).
+    fn guest_initramfs(&self, images: &Path) -> Result<Vec<u8>, LaneError> {
+        let base_path = require_image(&images.join("guest/initramfs.cpio"))?;
+        let mut initramfs =
+            fs::read(&base_path).map_err(io_error(format!("reading {}", base_path.display())))?;
+        let mut programs = CpioWriter::default();
+        for (name, host) in &self.guest_programs {
+            if name.is_empty() || name.contains('/') {
+                return Err(LaneError::BadRequest(format!(
+                    "guest program name {name:?}"
+                )));
+            }
+            add_program(&mut programs, &format!("/usr/bin/{name}"), host)?;
+        }
+        initramfs.extend_from_slice(&programs.finish());
+        Ok(initramfs)
     }
 
     fn overlay(&self) -> Result<CpioWriter, LaneError> {

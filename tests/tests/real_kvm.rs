@@ -224,9 +224,15 @@ fn guest_lane() -> Lane {
         guest_command("", "shell exit=5")
     );
     let boot_actions = format!("pci exit={BOOT_EXIT_CODE}");
-    Lane::new("guest")
-        .with_snapvmm()
-        .job(Job::new("snapvmm-help", 10 * SECOND, "snapvmm run --help"))
+    let lane = Lane::new("guest").with_snapvmm();
+    // Every static Linux program of guest-tools (linux-programs/) goes into the guest initramfs.
+    let lane = guest_tools::LINUX_PROGRAMS.iter().fold(lane, |lane, name| {
+        match guest_tools::linux_program_path(name) {
+            Some(path) => lane.guest_program(name, &path),
+            None => lane,
+        }
+    });
+    lane.job(Job::new("snapvmm-help", 10 * SECOND, "snapvmm run --help"))
         .job(guest_job("guest-boot", "", &boot_actions))
         // The same kernel as an ELF with a PVH note: snapvmm's PVH entry instead of the bzImage.
         .job(Job::new(
@@ -235,6 +241,16 @@ fn guest_lane() -> Lane {
             &snapvmm_command("$LANE_GUEST_VMLINUX", "", &boot_actions),
         ))
         .job(Job::new("guest-typed-command", GUEST_BUDGET, &typed))
+        // The snapshot device from a Linux user program: SAVE, change, RESTORE on real KVM.
+        .job(Job::new(
+            "guest-snapshot-demo",
+            GUEST_BUDGET,
+            &snapvmm_command(
+                "$LANE_GUEST_VMLINUX",
+                "",
+                &format!("run=snapshot-demo {boot_actions}"),
+            ),
+        ))
         .job(guest_job("guest-reboot", "", "reboot"))
         // With an initramfs the kernel runs rdinit= (default /init); init= only after a root mount.
         .job(guest_job(
@@ -288,6 +304,15 @@ fn guest_sees_the_pci_host_bridge() {
         "no host bridge 1b36:0008 at 00:00.0 among {devices:?}; guest output:\n{}",
         job.output
     );
+}
+
+#[test]
+fn snapshot_restore_from_a_linux_guest_rolls_back_its_memory() {
+    let job = check(guest().job("guest-snapshot-demo"));
+    check(job.expect_output("@@GUEST action run=snapshot-demo"));
+    check(job.expect_output("snapshot-demo: PASS"));
+    check(job.expect_output("@@GUEST status snapshot-demo rc=0"));
+    check(expect_guest_booted(job));
 }
 
 #[test]
