@@ -23,9 +23,10 @@
  *
  * The round number is the device's RESTORES counter (host state): RAM, including this program's
  * variables, rolls back with every restore. Each round r, right after the SAVE returns:
- *   1. r > 0: the pages round r-1 dirtied (recomputed from its PRNG seed), the stack words it
- *      wrote, the global it set, the page tables it changed (read through the window), and with
- *      fpu=1 the registers, all hold their values from the SAVE;
+ *   1. all of the program's .data and .bss equal a copy taken right before the SAVE; r > 0: the
+ *      pages round r-1 dirtied (recomputed from its PRNG seed), the stack words it wrote in
+ *      main's frame, 56 KiB of stack below it (deeper calls overwrite it), the page tables it changed (read through the window), and with fpu=1 the registers, all hold
+ *      their values from the SAVE;
  *   2. every C rounds and at the end: the whole buffer and stack area;
  *   3. r == rounds: print "snapshot-stress: N rounds ok ..." and exit 0;
  *   4. check the words this round is about to change, change them, write the stack, set the
@@ -34,7 +35,7 @@
  * Exit codes: 0 ok; 1 snapshot device unusable; 2 bad command line; 3 buffer does not fit in RAM;
  * 4 RESTORES out of range; 5 a page dirtied by the previous round was not restored; 6 a word was
  * not at its SAVE value before this round changed it; 7 whole-buffer check failed; 8 stack area
- * not restored; 9 global variable not restored; 10 SSE/x87/general registers not restored;
+ * not restored; 9 global data (.data/.bss) not restored; 10 SSE/x87/general registers not restored;
  * 11 reading through a window page shows the wrong page (stale translation after a restore);
  * 12 a page-table entry did not hold its SAVE value when changed (page-table RAM not restored);
  * 13 a page-table change had no effect; 14 a page behind the window not restored; 15 the
@@ -68,7 +69,9 @@ enum failure {
 #define PAGE_WORDS 512u
 #define STACK_AREA_PAGES 8u
 #define STACK_WORDS_PER_ROUND 2u
-#define WINDOW_SLOTS 8u /* window pages mapped at the SAVE (kernel PT slots 0..7) */
+#define WINDOW_SLOTS 8u
+#define DEEP_STACK_SKIP 0x2000u
+#define DEEP_STACK_BYTES 0xe000u /* window pages mapped at the SAVE (kernel PT slots 0..7) */
 
 struct options {
     uint64_t rounds, pages, seed, pt, fpu, buffer_mib, check, verbose;
@@ -529,6 +532,21 @@ static int window_round(uint64_t round)
     return failure;
 }
 
+/* ---- the program's own globals: all of .data and .bss, copied right before the SAVE */
+
+extern char __user_ro_end[], __user_image_end[];
+
+static int check_globals(const uint64_t *copy, uint64_t round)
+{
+    const uint64_t *live = (const uint64_t *)(uintptr_t)__user_ro_end;
+    uint64_t words = (uint64_t)(__user_image_end - __user_ro_end) / 8;
+    for (uint64_t i = 0; i < words; i++)
+        if (live[i] != copy[i])
+            return report(GLOBAL_NOT_RESTORED, round, "global data (.data/.bss)", (uint64_t)(uintptr_t)&live[i],
+                          copy[i], live[i]);
+    return 0;
+}
+
 /* ---- main */
 
 static bool parse_u64(const char *s, size_t length, uint64_t *value)
@@ -648,12 +666,25 @@ int main(void)
     make_register_image(&saved_registers, round_seed(0, 100), 0x7f80 /* round toward zero */,
                         0x0f7f /* round toward zero, 64-bit precision */);
     round_marker = 0;
+    uint64_t globals_size = (uint64_t)(__user_image_end - __user_ro_end);
+    uint64_t *globals_at_save = rt_alloc_pages((globals_size + PAGE_SIZE - 1) / PAGE_SIZE);
+    /* The stack below this frame that the rounds' deeper calls overwrite (stack_dive reaches
+     * ~16 KiB down); the 8 KiB right below the stack pointer belong to the shallow calls around
+     * the SAVE and the checks. */
+    uint64_t stack_pointer;
+    __asm__ volatile("mov %%rsp, %0" : "=r"(stack_pointer));
+    const uint64_t *deep_stack = (const uint64_t *)(uintptr_t)((stack_pointer - DEEP_STACK_SKIP - DEEP_STACK_BYTES) & ~7ull);
+    uint64_t *deep_stack_at_save = rt_alloc_pages(DEEP_STACK_BYTES / PAGE_SIZE);
+    if (!globals_at_save || !deep_stack_at_save)
+        return NO_MEMORY;
     rt_printf("snapshot-stress: rounds=%lu pages=%lu seed=%lu pt=%lu fpu=%lu buffer=%lu MiB at %p check=%lu\n",
               (unsigned long)options.rounds, (unsigned long)options.pages, (unsigned long)options.seed,
               (unsigned long)options.pt, (unsigned long)options.fpu, (unsigned long)options.buffer_mib,
               (void *)buffer, (unsigned long)options.check);
     volatile void *regs = rt_snapshot_registers();
     uint64_t started = rdtsc();
+    memcpy(globals_at_save, __user_ro_end, globals_size);
+    memcpy(deep_stack_at_save, deep_stack, DEEP_STACK_BYTES);
 
     /* ---- the snapshot; everything below runs once per round */
     uint64_t round = options.fpu ? save_with_registers(regs, &saved_registers, &registers_after_save)
@@ -663,18 +694,23 @@ int main(void)
     if (round > options.rounds)
         return report(BAD_ROUND, round, "RESTORES beyond the rounds asked for", 0, options.rounds, round);
 
-    if (options.verbose)
-        rt_printf("snapshot-stress: round %lu\n", (unsigned long)round);
-    int failure = 0;
-    if (options.fpu)
-        failure = check_registers(&saved_registers, &registers_after_save, round);
+    /* First, before anything here writes a global (printing does). */
+    int failure = check_globals(globals_at_save, round);
     if (!failure && round_marker != 0)
         failure = report(GLOBAL_NOT_RESTORED, round, "global set by the previous round",
                          (uint64_t)(uintptr_t)&round_marker, 0, round_marker);
+    if (options.verbose)
+        rt_printf("snapshot-stress: round %lu\n", (unsigned long)round);
+    if (!failure && options.fpu)
+        failure = check_registers(&saved_registers, &registers_after_save, round);
     if (!failure && round > 0)
         failure = check_previous_round_pages(round);
     if (!failure && round > 0)
         failure = check_stack_words(stack_area, round);
+    for (uint64_t i = 0; !failure && i < DEEP_STACK_BYTES / 8; i++)
+        if (deep_stack[i] != deep_stack_at_save[i])
+            failure = report(STACK_NOT_RESTORED, round, "stack below the SAVE's frame",
+                             (uint64_t)(uintptr_t)&deep_stack[i], deep_stack_at_save[i], deep_stack[i]);
     if (!failure && options.pt && round > 0)
         failure = window_check(round);
     bool last = round == options.rounds;

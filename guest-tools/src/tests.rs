@@ -138,6 +138,7 @@ fn every_runtime_guest_has_a_pvh_twin_and_the_test_guests_exist() {
         "snapshot-basic",
         "snapshot-stress",
         "snapshot-bench",
+        "snapshot-commands",
     ] {
         assert!(
             names.contains(&expected),
