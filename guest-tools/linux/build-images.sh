@@ -10,7 +10,8 @@
 #   l1/base.cpio          L1 initramfs (raw cpio): busybox, /init, KVM modules, lane tools, and
 #                         /guest/{bzImage,vmlinux,initramfs.cpio} for snapvmm inside L1
 #   guest/bzImage         inner Linux guest kernel for snapvmm (the stock 6.12 vmlinuz)
-#   guest/initramfs.cpio  inner guest initramfs (raw cpio): busybox, /init = guest-init.sh
+#   guest/initramfs.cpio  inner guest initramfs (raw cpio): busybox, /init = guest-init.sh, and the
+#                         project's guest programs (guest-tools/linux-programs/*.c) in /usr/bin
 #   bin/                  the static lane tools (lane-exec, lane-chat, kvm-check)
 #   manifest.txt          what was used (packages, kernel release, module load order)
 # Downloads are cached in DIR/dl; a second run only rebuilds the archives (a few seconds).
@@ -212,8 +213,19 @@ rm -rf "$GUEST_ROOT"
 mkdir -p "$GUEST_ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc}
 cp "$BUSYBOX" "$GUEST_ROOT/bin/busybox"
 install -m 755 "$HERE/guest-init.sh" "$GUEST_ROOT/init"
+# The project's static Linux programs (guest-tools/linux-programs/*.c) as /usr/bin/NAME; the guest
+# init runs one with the action run=NAME. Same flags as LINUX_PROGRAM_CFLAGS in guest-tools/build.rs.
+GUEST_PROGRAMS=()
+for source in "$WORKSPACE"/guest-tools/linux-programs/*.c; do
+  [ -f "$source" ] || continue
+  program=$(basename "$source" .c)
+  gcc -static -O2 -g -Wall -Wextra -std=gnu11 -I "$WORKSPACE/guest-tools/include" \
+    -o "$GUEST_ROOT/usr/bin/$program" "$source"
+  GUEST_PROGRAMS+=("$program")
+done
 [ -n "$GUEST_EXTRA" ] && cp -a "$GUEST_EXTRA/." "$GUEST_ROOT/"
 pack_cpio "$GUEST_ROOT" "$OUT/guest/initramfs.cpio"
+log "guest programs: ${GUEST_PROGRAMS[*]:-none}"
 
 # The modules L1 loads, dependencies first.
 declare -A MODULE_FILE=() MODULE_DONE=()
@@ -258,6 +270,7 @@ l1_vmlinux_bytes=$(stat -c %s "$OUT/l1/vmlinux")
 l1_base_cpio_bytes=$(stat -c %s "$OUT/l1/base.cpio")
 guest_bzimage_bytes=$(stat -c %s "$OUT/guest/bzImage")
 guest_initramfs_bytes=$(stat -c %s "$OUT/guest/initramfs.cpio")
+guest_programs=${GUEST_PROGRAMS[*]:-}
 built=$(date -u +%FT%TZ)
 EOF
 log "wrote $OUT/l1/base.cpio ($(du -h "$OUT/l1/base.cpio" | cut -f1)), guest/initramfs.cpio ($(du -h "$OUT/guest/initramfs.cpio" | cut -f1))"
