@@ -72,6 +72,8 @@ pub enum LaneError {
     QemuMissing { qemu: String },
     /// An image the builder makes is missing.
     ImageMissing { path: PathBuf },
+    /// An image is older than a source it is built from.
+    ImageStale { path: PathBuf, source: PathBuf },
     /// Building the static snapvmm failed.
     SnapvmmBuild { command: String, output: String },
     /// A host-side file or process operation failed.
@@ -108,6 +110,12 @@ impl fmt::Display for LaneError {
                 "real-KVM lane: {} is missing; build the images with `{BUILD_COMMAND}` \
                  (or set {IMAGES_ENV})",
                 path.display()
+            ),
+            Self::ImageStale { path, source } => write!(
+                f,
+                "real-KVM lane: {} is older than {}; rebuild the images with `{BUILD_COMMAND}`",
+                path.display(),
+                source.display()
             ),
             Self::SnapvmmBuild { command, output } => {
                 write!(f, "real-KVM lane: building the static snapvmm failed: {command}\n{output}")
@@ -407,6 +415,7 @@ impl Lane {
         let images = self.images.clone().unwrap_or_else(images_dir);
         let vmlinux = require_image(&images.join("l1/vmlinux"))?;
         let base_cpio = require_image(&images.join("l1/base.cpio"))?;
+        require_newer_than_sources(&base_cpio)?;
         let mut overlay = self.overlay()?;
         if self.with_snapvmm {
             let snapvmm = static_snapvmm()?;
@@ -528,6 +537,29 @@ fn require_image(path: &Path) -> Result<PathBuf, LaneError> {
             path: path.to_owned(),
         })
     }
+}
+
+/// Fails if a file of `guest-tools/linux/` (L1's init, the lane tools) changed after `image` was
+/// built: a stale L1 would test old code.
+fn require_newer_than_sources(image: &Path) -> Result<(), LaneError> {
+    let sources = workspace_dir().join("guest-tools/linux");
+    let modified = |path: &Path| fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let Some(built) = modified(image) else {
+        return Ok(());
+    };
+    let Ok(entries) = fs::read_dir(&sources) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let source = entry.path();
+        if modified(&source).is_some_and(|changed| changed > built) {
+            return Err(LaneError::ImageStale {
+                path: image.to_owned(),
+                source,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn find_qemu(chosen: Option<&Path>) -> Result<PathBuf, LaneError> {
