@@ -372,6 +372,7 @@ impl SnapshotEngine {
             CaptureScope::AllPages
         };
         let capture = RamCapture::start(&self.layout, memory, scope, &CaptureOptions::default())?;
+
         self.stats.last_capture_stall = capture.stall();
         self.dirty.clear();
 
@@ -457,12 +458,16 @@ impl SnapshotEngine {
 
     /// Waits for the running capture, if any, and returns the snapshot memory.
     fn finish_capture(&mut self) -> Result<(), SnapshotEngineError> {
-        if let Some(snapshot) = self.snapshot.as_mut() {
-            if let Some(SnapshotRam::Capturing(capture)) = snapshot.ram.take() {
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        match snapshot.ram.take() {
+            Some(SnapshotRam::Capturing(capture)) => {
                 let (memory, report) = capture.finish_now()?;
                 self.stats.last_capture_report = Some(report);
                 snapshot.ram = Some(SnapshotRam::Ready(memory));
             }
+            other => snapshot.ram = other,
         }
         Ok(())
     }
@@ -483,6 +488,10 @@ impl SnapshotEngine {
             device.set_last_command_failed(true);
             return Ok(());
         }
+        // KVM finishes an MMIO write on the next KVM_RUN by re-running the emulator's writeback,
+        // which sets RIP past the writing instruction: that must happen now, or it would undo the
+        // RIP restored below.
+        Self::complete_pending_exit(vm.vcpu)?;
         // A RESTORE while the capture still runs must wait for it: the snapshot memory is read.
         self.finish_capture()?;
         self.tracker.harvest(&mut self.dirty)?;
@@ -492,7 +501,9 @@ impl SnapshotEngine {
             return Ok(());
         };
         let Some(SnapshotRam::Ready(memory)) = snapshot.ram.as_ref() else {
-            return Ok(());
+            return Err(SnapshotEngineError::Verification(
+                "the snapshot has no memory to restore from".into(),
+            ));
         };
 
         // Shadow MMU: KVM caches guest page tables and does not see the copies below.
@@ -504,6 +515,7 @@ impl SnapshotEngine {
                     None => !self.dirty.is_empty(),
                 });
 
+        tracing::trace!(dirty = self.dirty.len(), must_reset_mmu, "restore");
         match self.options.strategy {
             RestoreStrategy::Dirty => {
                 restore_dirty_pages(&self.layout, memory, &self.dirty)?;

@@ -332,6 +332,7 @@ impl VcpuHooks for RunningVm<'_> {
             ram: self.ram,
             devices: self.devices,
         };
+        tracing::debug!(?command, "snapshot device command");
         let result = match command {
             SnapshotCommand::Save => self.engine.save(&mut parts),
             SnapshotCommand::Restore => self.engine.restore(&mut parts),
