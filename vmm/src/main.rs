@@ -190,6 +190,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let mut vm = Vm::new(&config)?;
     let reason = vm.run()?;
+    if let Some(summary) = vm.engine.stats.summary() {
+        eprintln!("snapvmm: snapshots: {summary}");
+    }
     let status = reason.exit_status();
     eprintln!("snapvmm: {reason} (exit status {status})");
     Ok(status)

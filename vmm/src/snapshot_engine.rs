@@ -101,6 +101,8 @@ pub struct EngineStats {
     pub pages_restored: u64,
     pub shadow_mmu_resets: u64,
     pub verified_restores: u64,
+    /// Restores that arrived while the background RAM capture was still running.
+    pub restores_during_capture: u64,
     /// How long the guest was stopped by the last SAVE, and by its RAM capture alone.
     pub last_save_stall: Duration,
     pub last_capture_stall: Duration,
@@ -175,6 +177,26 @@ pub fn detect_shadow_mmu() -> bool {
     }
     // Unknown: assume the worst, which costs speed, never exactness.
     true
+}
+
+impl EngineStats {
+    /// One line for the end of a run; empty when no snapshot was taken.
+    pub fn summary(&self) -> Option<String> {
+        (self.saves > 0).then(|| {
+            format!(
+                "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
+                 {} pages restored, {} shadow MMU resets, last SAVE stall {:.2} ms",
+                self.saves,
+                self.restores,
+                self.restores_during_capture,
+                self.full_vcpu_restores,
+                self.verified_restores,
+                self.pages_restored,
+                self.shadow_mmu_resets,
+                self.last_save_stall.as_secs_f64() * 1e3
+            )
+        })
+    }
 }
 
 impl SnapshotEngine {
@@ -493,6 +515,12 @@ impl SnapshotEngine {
         // RIP restored below.
         Self::complete_pending_exit(vm.vcpu)?;
         // A RESTORE while the capture still runs must wait for it: the snapshot memory is read.
+        if matches!(
+            self.snapshot.as_ref().and_then(|s| s.ram.as_ref()),
+            Some(SnapshotRam::Capturing(_))
+        ) {
+            self.stats.restores_during_capture += 1;
+        }
         self.finish_capture()?;
         self.tracker.harvest(&mut self.dirty)?;
         self.take_vmm_writes(vm.ram, false)?;

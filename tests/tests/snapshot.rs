@@ -1,0 +1,175 @@
+//! The snapshot device and engine on this machine's KVM (kvm_pvm: shadow MMU): SAVE/RESTORE
+//! semantics, and thousands of restores verified byte for byte, for both restore strategies.
+
+use std::time::Duration;
+
+use snapvmm_tests::runner::{require_kvm, run_snapvmm, Outcome};
+
+const BUDGET: Duration = Duration::from_secs(240);
+
+fn run_guest(name: &str, cmdline: &str, extra: &[&str]) -> Outcome {
+    require_kvm();
+    let kernel = guest_tools::guest_path(name)
+        .unwrap_or_else(|| panic!("guest-tools did not build {name}"))
+        .to_string_lossy()
+        .into_owned();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        cmdline,
+        "--timeout",
+        "200",
+    ];
+    args.extend_from_slice(extra);
+    run_snapvmm(&args, BUDGET)
+}
+
+/// The counters from snapvmm's closing "snapshots:" line.
+fn engine_counter(outcome: &Outcome, label: &str) -> u64 {
+    let line = outcome
+        .stderr
+        .lines()
+        .find(|l| l.contains("snapvmm: snapshots:"))
+        .unwrap_or_else(|| panic!("no snapshot summary in {}", outcome.transcript()));
+    let at = line
+        .find(label)
+        .unwrap_or_else(|| panic!("no '{label}' in {line}"));
+    line[..at]
+        .trim_end()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before '{label}' in {line}"))
+}
+
+#[test]
+fn save_returns_twice_and_restore_rolls_back_ram_and_stack() {
+    for strategy in ["dirty", "remap"] {
+        let outcome = run_guest(
+            "snapshot-basic",
+            "",
+            &["--restore", strategy, "--verify-restores"],
+        );
+        assert_eq!(outcome.status, 0, "{strategy}: {}", outcome.transcript());
+        assert!(
+            outcome
+                .stdout
+                .contains("PASS: the global and the stack rolled back"),
+            "{strategy}: {}",
+            outcome.transcript()
+        );
+        assert_eq!(
+            engine_counter(&outcome, "verified"),
+            1,
+            "{}",
+            outcome.transcript()
+        );
+    }
+}
+
+/// Thousands of restores of a guest that dirties different pseudo-random pages of a 16 MiB
+/// buffer, its stack and data every round, each restore compared with the snapshot (RAM, vCPU,
+/// devices) by the VMM and the rolled-back memory checked by the guest itself.
+fn verified_stress(strategy: &str, page_tables: bool, rounds: u32) {
+    let cmdline = format!(
+        "rounds={rounds} pages=16 seed=11 pt={} fpu=1",
+        u8::from(page_tables)
+    );
+    let outcome = run_guest(
+        "snapshot-stress",
+        &cmdline,
+        &["--mem", "32M", "--restore", strategy, "--verify-restores"],
+    );
+    assert_eq!(
+        outcome.status,
+        0,
+        "{strategy} pt={page_tables}: {}",
+        outcome.transcript()
+    );
+    assert!(
+        outcome
+            .stdout
+            .contains(&format!("snapshot-stress: {rounds} rounds ok")),
+        "{}",
+        outcome.transcript()
+    );
+    assert_eq!(engine_counter(&outcome, "restore(s)"), rounds as u64);
+    assert_eq!(engine_counter(&outcome, "verified"), rounds as u64);
+    if page_tables {
+        // The guest rewrote page tables every round: the shadow MMU had to forget them.
+        assert!(
+            engine_counter(&outcome, "shadow MMU resets") > 0,
+            "{}",
+            outcome.transcript()
+        );
+    }
+}
+
+#[test]
+fn thousands_of_verified_restores_dirty_strategy() {
+    verified_stress("dirty", false, 2000);
+}
+
+#[test]
+fn thousands_of_verified_restores_remap_strategy() {
+    verified_stress("remap", false, 2000);
+}
+
+#[test]
+fn verified_restores_with_guest_page_table_changes_dirty_strategy() {
+    verified_stress("dirty", true, 1000);
+}
+
+#[test]
+fn verified_restores_with_guest_page_table_changes_remap_strategy() {
+    verified_stress("remap", true, 1000);
+}
+
+/// A RESTORE straight after SAVE on a large guest lands while the background capture still
+/// copies RAM; the result must be exact all the same.
+#[test]
+fn restore_during_the_background_capture_is_exact() {
+    let outcome = run_guest(
+        "snapshot-stress",
+        "rounds=20 pages=64 seed=5 pt=0 check=1",
+        &["--mem", "2G", "--verify-restores"],
+    );
+    assert_eq!(outcome.status, 0, "{}", outcome.transcript());
+    assert!(
+        engine_counter(&outcome, "during RAM capture") >= 1,
+        "{}",
+        outcome.transcript()
+    );
+    assert_eq!(engine_counter(&outcome, "verified"), 20);
+}
+
+#[test]
+fn full_vcpu_restores_are_exact_too() {
+    let outcome = run_guest(
+        "snapshot-stress",
+        "rounds=300 pages=8 seed=9 pt=1 fpu=1",
+        &[
+            "--mem",
+            "32M",
+            "--vcpu-restore",
+            "full",
+            "--verify-restores",
+        ],
+    );
+    assert_eq!(outcome.status, 0, "{}", outcome.transcript());
+    assert_eq!(engine_counter(&outcome, "with full vCPU state"), 300);
+}
+
+#[test]
+fn crash_and_done_commands_reach_the_vmm() {
+    let outcome = run_guest("snapshot-commands", "", &[]);
+    // Without a fuzz harness a CRASH stops the VM and says so.
+    assert_eq!(outcome.status, 71, "{}", outcome.transcript());
+    assert!(
+        outcome.stderr.contains("crash (code 0x2a)"),
+        "{}",
+        outcome.transcript()
+    );
+}
