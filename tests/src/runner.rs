@@ -50,7 +50,9 @@ pub fn require_kvm() {
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .unwrap_or_else(|e| panic!("these tests need a working /dev/kvm, and opening it failed: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("these tests need a working /dev/kvm, and opening it failed: {e}")
+        });
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
     // SAFETY: KVM_CREATE_VM on an open /dev/kvm fd; the returned fd is closed right away.
     let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
