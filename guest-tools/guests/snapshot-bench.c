@@ -1,7 +1,8 @@
 /*
  * snapshot-bench - the restore loop at its cheapest, for timing snapshot restores.
  *
- * Command line: rounds=N pages=K mode=restore|noop   (defaults: rounds=1000 pages=1 mode=restore)
+ * Command line: rounds=N pages=K mode=restore|noop|loop|floor
+ *               (defaults: rounds=1000 pages=1 mode=restore)
  *
  * The K pages are a fixed set: K consecutive pages of the heap, all written once before the SAVE
  * (so no round pays for a first touch). Each round writes one 8-byte word at the start of each of
@@ -12,6 +13,11 @@
  *                 accesses per round and no restore: the K page writes, a STATUS read where
  *                 restore mode writes RESTORE, and a RESTORES read where restore mode returns
  *                 from the SAVE. restore minus noop is the cost of the restores themselves.
+ *   mode=loop     one VM exit per round, for the host's `snapvmm bench`: SAVE once (a plain
+ *                 COMMAND write), then forever: dirty the K pages, RESTORE. The guest never reads
+ *                 a register, so it cannot count; snapvmm stops it with --max-restores.
+ *   mode=floor    the same loop with no restore: SAVE once, then N rounds of the K page writes and
+ *                 one ARG register write (one exit, no action), then exit 0.
  * At the end it prints the TSC cycles from just before the SAVE to the end (the TSC keeps
  * running through restores), per round, and in microseconds if the TSC frequency could be
  * measured against the PIT (CPUID 0x15/0x16 are empty under KVM), then exits 0.
@@ -70,7 +76,7 @@ static bool parse_value(const char *token, const char *key, uint64_t *value)
 }
 
 static uint64_t rounds = 1000, pages = 1;
-static bool noop;
+static bool noop, loop_forever, floor_loop;
 
 static bool parse_options(const char *p)
 {
@@ -83,6 +89,10 @@ static bool parse_options(const char *p)
             noop = false;
         else if (strncmp(p, "mode=noop", 9) == 0 && (p[9] == ' ' || p[9] == 0))
             noop = true;
+        else if (strncmp(p, "mode=loop", 9) == 0 && (p[9] == ' ' || p[9] == 0))
+            loop_forever = true;
+        else if (strncmp(p, "mode=floor", 10) == 0 && (p[10] == ' ' || p[10] == 0))
+            floor_loop = true;
         else if (!parse_value(p, "rounds", &rounds) && !parse_value(p, "pages", &pages))
             return false;
         while (*p && *p != ' ')
@@ -131,6 +141,23 @@ int main(void)
     volatile void *regs = rt_snapshot_registers();
     uint64_t started = rdtsc();
 
+    if (loop_forever) {
+        snapshot_command(regs, SNAPSHOT_CMD_SAVE);
+        /* Every RESTORE lands here again: the counter below rolls back with RAM, so each round
+         * writes different values only through the TSC. */
+        for (;;) {
+            dirty(buffer, rdtsc());
+            snapshot_command(regs, SNAPSHOT_CMD_RESTORE);
+        }
+    }
+    if (floor_loop) {
+        snapshot_command(regs, SNAPSHOT_CMD_SAVE);
+        for (uint64_t i = 0; i < rounds; i++) {
+            dirty(buffer, rdtsc());
+            snapshot_reg_write(regs, SNAPSHOT_REG_ARG, (uint32_t)i);
+        }
+        return finish(started, tsc_hz);
+    }
     uint64_t round = rt_snapshot_save();
     if (noop) {
         for (round = 0; round < rounds; round++) {

@@ -79,12 +79,13 @@ pub fn run_one(
     config.cmdline = format!(
         "rounds={rounds} pages={pages} mode={}",
         if mode == BenchMode::Floor {
-            "noop"
+            "floor"
         } else {
-            "restore"
+            "loop"
         }
     );
     config.engine.vcpu_restore = VcpuRestore::Auto;
+    config.engine.max_restores = Some(rounds as u64);
     if let BenchMode::Restore(strategy) = mode {
         config.engine.strategy = strategy;
     }
@@ -94,7 +95,11 @@ pub fn run_one(
     }
     let reason = vm.run()?;
     let stopped = Instant::now();
-    if reason != StopReason::DebugExit(0) {
+    let expected = match mode {
+        BenchMode::Floor => StopReason::DebugExit(0),
+        BenchMode::Restore(_) => StopReason::RestoreLimit(rounds as u64),
+    };
+    if reason != expected {
         return Err(BenchError::GuestFailed {
             reason: reason.to_string(),
         });

@@ -78,6 +78,9 @@ struct RunArgs {
     /// (status 71) on any difference.
     #[arg(long)]
     verify_restores: bool,
+    /// Stop the VM (status 0) once this many restores are done.
+    #[arg(long, value_name = "N")]
+    max_restores: Option<u64>,
     /// PCI slot (bus 0) of the snapshot device.
     #[arg(long, value_name = "SLOT", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..32))]
     snapshot_slot: u8,
@@ -182,6 +185,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 VcpuRestoreArg::Full => VcpuRestore::Full,
             },
             verify_restores: args.verify_restores,
+            max_restores: args.max_restores,
         },
         devices: DeviceOptions {
             snapshot_slot: args.snapshot_slot,

@@ -60,6 +60,8 @@ pub enum StopReason {
     KvmRunFailed(i32),
     /// A snapshot save or restore failed, or `--verify-restores` found a difference.
     Snapshot(String),
+    /// `--max-restores` restores are done.
+    RestoreLimit(u64),
 }
 
 impl StopReason {
@@ -67,7 +69,7 @@ impl StopReason {
     pub fn exit_status(&self) -> u8 {
         match self {
             StopReason::DebugExit(code) => (*code).min(63) as u8,
-            StopReason::PowerOff => 0,
+            StopReason::PowerOff | StopReason::RestoreLimit(_) => 0,
             StopReason::Reset => 65,
             StopReason::TripleFault { .. } => 66,
             StopReason::EmulationFailure { .. } | StopReason::InternalError { .. } => 67,
@@ -114,6 +116,7 @@ impl fmt::Display for StopReason {
             StopReason::Timeout => write!(f, "guest timed out"),
             StopReason::Interrupted => write!(f, "interrupted"),
             StopReason::Snapshot(why) => write!(f, "snapshot failure: {why}"),
+            StopReason::RestoreLimit(n) => write!(f, "stopped after {n} restores (--max-restores)"),
             StopReason::KvmRunFailed(errno) => {
                 write!(
                     f,

@@ -345,7 +345,11 @@ impl VcpuHooks for RunningVm<'_> {
             }
             SnapshotCommand::Done { .. } => self.engine.restore(&mut parts),
         };
-        result.map_err(|e| StopReason::Snapshot(e.to_string()))
+        result.map_err(|e| StopReason::Snapshot(e.to_string()))?;
+        if self.engine.restore_limit_reached() {
+            return Err(StopReason::RestoreLimit(self.engine.stats.restores));
+        }
+        Ok(())
     }
 
     fn dirty_ring_full(&mut self) -> Result<(), StopReason> {

@@ -180,6 +180,17 @@ fn restore_xsave(
     state: &VcpuState,
     layout: &VcpuStateLayout,
 ) -> Result<(), VstateError> {
+    let xsave = prepare_xsave(state, layout)?;
+    set_xsave(vcpu, &xsave)
+}
+
+fn set_xsave(vcpu: &VcpuFd, xsave: &Xsave) -> Result<(), VstateError> {
+    // SAFETY: `xsave` was built by `prepare_xsave` with the full XSAVE2-sized area KVM expects.
+    unsafe { vcpu.set_xsave2(xsave) }.map_err(kvm_err("SET_XSAVE2"))
+}
+
+/// The saved XSAVE area in the form KVM_SET_XSAVE2 takes.
+pub fn prepare_xsave(state: &VcpuState, layout: &VcpuStateLayout) -> Result<Xsave, VstateError> {
     if state.xsave.len() != layout.xsave_bytes {
         return Err(VstateError::XsaveSize {
             saved: state.xsave.len(),
@@ -202,9 +213,7 @@ fn restore_xsave(
         let extra_len = extra.len();
         extra.copy_from_slice(&words[1024..1024 + extra_len]);
     }
-    // SAFETY: `xsave` holds the full XSAVE2-sized area KVM expects.
-    unsafe { vcpu.set_xsave2(&xsave) }.map_err(kvm_err("SET_XSAVE2"))?;
-    Ok(())
+    Ok(xsave)
 }
 
 /// The fast restore: registers, segment/control registers and events go in through the shared
@@ -214,9 +223,9 @@ fn restore_xsave(
 pub fn restore_vcpu_fast(
     vcpu: &mut VcpuFd,
     state: &VcpuState,
-    layout: &VcpuStateLayout,
+    xsave: &Xsave,
 ) -> Result<(), VstateError> {
-    restore_xsave(vcpu, state, layout)?;
+    set_xsave(vcpu, xsave)?;
     let sync = vcpu.sync_regs_mut();
     sync.regs = state.regs;
     sync.sregs = state.sregs;
@@ -257,15 +266,19 @@ pub fn capture_vm_wide(vm_fd: &VmFd) -> Result<VmWideState, VstateError> {
     })
 }
 
-/// Puts the interrupt controllers, PIT and clock back. VM ioctls cost well under a microsecond
-/// each, so this runs on every restore. The clock goes last: KVM derives kvmclock from it.
-pub fn restore_vm_wide(vm_fd: &VmFd, state: &VmState) -> Result<(), VstateError> {
+/// Puts the interrupt controllers and PIT back (and the clock with `with_clock`). VM ioctls cost
+/// well under a microsecond each, so this runs on every restore. The clock goes last: KVM
+/// derives kvmclock from it.
+pub fn restore_vm_wide(vm_fd: &VmFd, state: &VmState, with_clock: bool) -> Result<(), VstateError> {
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
         vm_fd
             .set_irqchip(&chip.to_kvm())
             .map_err(kvm_err("SET_IRQCHIP"))?;
     }
     vm_fd.set_pit2(&state.pit).map_err(kvm_err("SET_PIT2"))?;
+    if !with_clock {
+        return Ok(());
+    }
     let mut clock = state.clock;
     // Only the clock value is restored; the flags KVM reports (e.g. TSC_STABLE) are not inputs.
     clock.flags = 0;
