@@ -173,3 +173,123 @@ fn crash_and_done_commands_reach_the_vmm() {
         outcome.transcript()
     );
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "snapvmm-snapshot-test-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `--save-snapshot` writes the snapshot the guest takes; `--from-snapshot` resumes right after
+/// the SAVE with RAM mapped from the file, and restores to it exactly, with both strategies.
+#[test]
+fn snapshots_go_to_disk_and_resume_from_it() {
+    let dir = temp_dir("resume");
+    let dir_arg = dir.to_str().unwrap();
+    let outcome = run_guest(
+        "snapshot-stress",
+        "rounds=200 pages=16 seed=21 pt=1 fpu=1",
+        &["--mem", "32M", "--save-snapshot", dir_arg],
+    );
+    assert_eq!(outcome.status, 0, "{}", outcome.transcript());
+    assert!(dir.join("state.bin").exists() && dir.join("memory.raw").exists());
+    for strategy in ["dirty", "remap"] {
+        let resumed = run_snapvmm(
+            &[
+                "run",
+                "--from-snapshot",
+                dir_arg,
+                "--restore",
+                strategy,
+                "--verify-restores",
+                "--timeout",
+                "200",
+            ],
+            BUDGET,
+        );
+        assert_eq!(resumed.status, 0, "{strategy}: {}", resumed.transcript());
+        // The guest starts over from its SAVE: all 200 rounds again, each one restored and verified.
+        assert!(
+            resumed.stdout.contains("snapshot-stress: 200 rounds ok"),
+            "{}",
+            resumed.transcript()
+        );
+        assert_eq!(
+            engine_counter(&resumed, "verified"),
+            200,
+            "{}",
+            resumed.transcript()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A truncated or corrupt snapshot is refused with one clear line, never a panic.
+#[test]
+fn damaged_snapshots_are_refused_cleanly() {
+    let good = temp_dir("good");
+    let outcome = run_guest(
+        "snapshot-basic",
+        "",
+        &["--save-snapshot", good.to_str().unwrap()],
+    );
+    assert_eq!(outcome.status, 0, "{}", outcome.transcript());
+    type Spoil = fn(&std::path::Path);
+    let damage: [(&str, Spoil); 4] = [
+        ("truncated state", |d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("state.bin"))
+                .unwrap();
+            f.set_len(100).unwrap();
+        }),
+        ("flipped state byte", |d| {
+            let path = d.join("state.bin");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            std::fs::write(path, bytes).unwrap();
+        }),
+        ("flipped memory byte", |d| {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("memory.raw"))
+                .unwrap();
+            f.write_all_at(&[0x01], 1 << 20).unwrap();
+        }),
+        ("truncated memory", |d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("memory.raw"))
+                .unwrap();
+            f.set_len(1 << 20).unwrap();
+        }),
+    ];
+    for (what, spoil) in damage {
+        let bad = temp_dir("bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        for file in ["state.bin", "memory.raw"] {
+            std::fs::copy(good.join(file), bad.join(file)).unwrap();
+        }
+        spoil(&bad);
+        let outcome = run_snapvmm(&["run", "--from-snapshot", bad.to_str().unwrap()], BUDGET);
+        assert_eq!(outcome.status, 64, "{what}: {}", outcome.transcript());
+        assert_eq!(
+            outcome.stderr.lines().count(),
+            1,
+            "{what}: {}",
+            outcome.transcript()
+        );
+        assert!(
+            !outcome.stderr.contains("panicked"),
+            "{what}: {}",
+            outcome.transcript()
+        );
+        let _ = std::fs::remove_dir_all(&bad);
+    }
+    let _ = std::fs::remove_dir_all(&good);
+}

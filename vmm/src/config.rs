@@ -69,7 +69,7 @@ impl FromStr for MemSize {
                 given: text.to_string(),
             });
         }
-        if bytes % 4096 != 0 {
+        if !bytes.is_multiple_of(4096) {
             return Err(ConfigError::MemNotPageAligned {
                 given: text.to_string(),
             });
@@ -124,6 +124,8 @@ pub struct VmConfig {
     pub engine: crate::snapshot_engine::EngineOptions,
     /// Devices (the snapshot device's slot and buffer sizes).
     pub devices: crate::device_manager::DeviceOptions,
+    /// Write every snapshot the guest takes to this directory.
+    pub save_snapshot: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -138,6 +140,7 @@ impl VmConfig {
             timeout: None,
             engine: Default::default(),
             devices: Default::default(),
+            save_snapshot: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod device_manager;
 pub mod dirty_tracking;
 pub mod memory;
 pub mod page_tables;
+pub mod persist;
 pub mod signals;
 pub mod snapshot_engine;
 pub mod vcpu;

@@ -78,6 +78,13 @@ struct RunArgs {
     /// (status 71) on any difference.
     #[arg(long)]
     verify_restores: bool,
+    /// Write every snapshot the guest takes to DIR (replaced atomically each time).
+    #[arg(long, value_name = "DIR")]
+    save_snapshot: Option<PathBuf>,
+    /// Resume the snapshot in DIR instead of booting a kernel (RAM is mapped from its memory
+    /// file lazily); the guest can RESTORE to it at once.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "guest", "initrd"])]
+    from_snapshot: Option<PathBuf>,
     /// Stop the VM (status 0) once this many restores are done.
     #[arg(long, value_name = "N")]
     max_restores: Option<u64>,
@@ -156,7 +163,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     let kernel = match (args.kernel, args.guest.as_deref()) {
         (Some(path), _) => KernelSource::File(path),
         (None, None) => {
-            eprintln!("snapvmm: no --kernel given: booting the built-in 'hello' guest");
+            if args.from_snapshot.is_none() {
+                eprintln!("snapvmm: no --kernel given: booting the built-in 'hello' guest");
+            }
             KernelSource::Builtin {
                 name: "hello",
                 image: guest_tools::HELLO_ELF,
@@ -187,12 +196,16 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             verify_restores: args.verify_restores,
             max_restores: args.max_restores,
         },
+        save_snapshot: args.save_snapshot,
         devices: DeviceOptions {
             snapshot_slot: args.snapshot_slot,
             ..Default::default()
         },
     };
-    let mut vm = Vm::new(&config)?;
+    let mut vm = match &args.from_snapshot {
+        Some(dir) => Vm::from_snapshot(&config, dir)?,
+        None => Vm::new(&config)?,
+    };
     let reason = vm.run()?;
     if let Some(summary) = vm.engine.stats.summary() {
         eprintln!("snapvmm: snapshots: {summary}");

@@ -59,6 +59,8 @@ pub enum SnapshotEngineError {
     Devices(#[from] crate::device_manager::DeviceManagerError),
     #[error("restore verification failed: {0}")]
     Verification(String),
+    #[error("writing the snapshot to disk: {0}")]
+    Disk(#[from] snapshot::SnapshotDirError),
 }
 
 /// How RAM is put back on RESTORE.
@@ -159,6 +161,9 @@ pub struct SnapshotEngine {
     vcpu_layout: VcpuStateLayout,
     shadow_mmu: bool,
     vmm_wrote_ram: bool,
+    /// Guest RAM is a private mapping of some snapshot file rather than the shared RAM memfd
+    /// (after a remap restore, or when resumed from disk).
+    ram_private: bool,
     snapshot: Option<Snapshot>,
     pub stats: EngineStats,
 }
@@ -186,7 +191,7 @@ pub fn detect_shadow_mmu() -> bool {
 impl EngineStats {
     /// One line for the end of a run; empty when no snapshot was taken.
     pub fn summary(&self) -> Option<String> {
-        (self.saves > 0).then(|| {
+        (self.saves > 0 || self.restores > 0).then(|| {
             format!(
                 "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
                  {} pages restored, {} shadow MMU resets, last SAVE stall {:.2} ms",
@@ -261,6 +266,7 @@ impl SnapshotEngine {
             vcpu_layout,
             shadow_mmu: detect_shadow_mmu(),
             vmm_wrote_ram: false,
+            ram_private: false,
             snapshot: None,
             stats: EngineStats::default(),
         })
@@ -375,6 +381,9 @@ impl SnapshotEngine {
         let vm_wide = capture_vm_wide(vm.vm_fd)?;
         let devices = vm.devices.save_states();
 
+        if self.ram_private {
+            self.make_ram_shared_again(vm.ram)?;
+        }
         if !self.tracking_enabled {
             self.set_slot_flags(vm.vm_fd, KVM_MEM_LOG_DIRTY_PAGES)?;
             self.tracking_enabled = true;
@@ -478,6 +487,118 @@ impl SnapshotEngine {
         Ok(())
     }
 
+    /// Before a new capture: the capture reads RAM through its mapping and skips the holes of the
+    /// RAM memfd, so RAM must be that memfd again. Copies the current contents (private pages
+    /// and snapshot pages alike) into the memfd and maps it back shared: O(RAM), once per SAVE
+    /// that follows a remap restore or a resume from disk.
+    fn make_ram_shared_again(&mut self, ram: &GuestRam) -> Result<(), SnapshotEngineError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        for slot in &self.slots {
+            // SAFETY: the slot's host range is mapped guest RAM; the vCPU is stopped.
+            let contents = unsafe {
+                std::slice::from_raw_parts(slot.host_addr as *const u8, slot.size as usize)
+            };
+            ram.file
+                .write_all_at(contents, (slot.first_page * PAGE_SIZE) as u64)
+                .map_err(|source| SnapshotEngineError::Os {
+                    what: "copying guest RAM into its memfd",
+                    source,
+                })?;
+            // SAFETY: replaces exactly this slot's RAM mapping with the memfd range that now
+            // holds the same bytes.
+            let mapped = unsafe {
+                libc::mmap(
+                    slot.host_addr as *mut libc::c_void,
+                    slot.size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    ram.file.as_raw_fd(),
+                    (slot.first_page * PAGE_SIZE) as i64,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                return Err(SnapshotEngineError::Os {
+                    what: "mapping guest RAM shared again",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        self.ram_private = false;
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            snapshot.remapped = false;
+        }
+        Ok(())
+    }
+
+    /// Takes over a snapshot loaded from disk: puts the vCPU, VM and devices in its state and
+    /// makes it the current snapshot. `ram` must already map `memory`'s file privately.
+    pub fn adopt_loaded(
+        &mut self,
+        vm_fd: &VmFd,
+        vcpu: &mut VcpuFd,
+        ram: &GuestRam,
+        devices: &mut DeviceManager,
+        saved: crate::persist::SavedVm,
+        memory: SnapshotMemory,
+    ) -> Result<(), SnapshotEngineError> {
+        restore_vcpu_full(vcpu, &saved.vcpu, &self.vcpu_layout)?;
+        restore_vm_wide(vm_fd, &saved.vm, true)?;
+        devices.restore_states(&saved.devices)?;
+        self.set_slot_flags(vm_fd, KVM_MEM_LOG_DIRTY_PAGES)?;
+        self.tracking_enabled = true;
+        self.ram_private = true;
+        let page_table_pages = if self.shadow_mmu {
+            self.page_table_pages_of(&saved.vcpu, ram)
+        } else {
+            None
+        };
+        let xsave = crate::vstate::prepare_xsave(&saved.vcpu, &self.vcpu_layout)?;
+        self.snapshot = Some(Snapshot {
+            xsave,
+            vcpu: saved.vcpu,
+            vm: saved.vm,
+            devices: saved.devices,
+            ram: Some(SnapshotRam::Ready(memory)),
+            page_table_pages,
+            // RAM is a private mapping of the snapshot's own file: the remap strategy only has
+            // to drop private pages from the first restore on.
+            remapped: true,
+        });
+        let mut device = lock(devices.snapshot_device());
+        device.record_save();
+        Ok(())
+    }
+
+    /// Writes the current snapshot to `dir` (waiting for the RAM capture), atomically: a failed
+    /// write leaves a previous snapshot there intact.
+    pub fn write_to_disk(
+        &mut self,
+        dir: &std::path::Path,
+        mem_bytes: u64,
+        device_options: &crate::device_manager::DeviceOptions,
+    ) -> Result<(), SnapshotEngineError> {
+        self.finish_capture()?;
+        let Some(snapshot) = self.snapshot.as_ref() else {
+            return Ok(());
+        };
+        let Some(SnapshotRam::Ready(memory)) = snapshot.ram.as_ref() else {
+            return Ok(());
+        };
+        let saved = crate::persist::SavedVm {
+            version: crate::persist::PAYLOAD_VERSION,
+            mem_bytes,
+            snapshot_slot: device_options.snapshot_slot,
+            input_size: device_options.snapshot_device.input_size as u64,
+            coverage_size: device_options.snapshot_device.coverage_size as u64,
+            vcpu: snapshot.vcpu.clone(),
+            vm: snapshot.vm.clone(),
+            devices: snapshot.devices.clone(),
+        };
+        snapshot::save_snapshot(dir, &saved, memory)?;
+        Ok(())
+    }
+
     /// Tells the snapshot device whether the background capture still runs.
     pub fn poll_capture(&mut self, devices: &DeviceManager) {
         if let Some(Snapshot {
@@ -568,6 +689,7 @@ impl SnapshotEngine {
                 } else {
                     remap_private(&self.slots, memory)?;
                     snapshot.remapped = true;
+                    self.ram_private = true;
                 }
             }
         }
@@ -676,6 +798,38 @@ fn privileged_state_may_differ(vcpu: &mut VcpuFd, snapshot: &VcpuState) -> bool 
         || now.gdt.base != then.gdt.base
         || now.idt.base != then.idt.base
         || now.tr.base != then.tr.base
+}
+
+/// Maps `file` (a snapshot memory file laid out like RAM) privately over every RAM region: pages
+/// come from the file when first touched, and guest writes never reach it.
+pub fn map_private_over_ram(
+    ram: &GuestRam,
+    file: &std::fs::File,
+) -> Result<(), SnapshotEngineError> {
+    use std::os::fd::AsRawFd;
+    let mut offset = 0u64;
+    for (_, size, host_addr) in ram.slots() {
+        // SAFETY: replaces exactly this region of guest RAM (owned by `ram`, not yet in use by any
+        // vCPU) with a private mapping of the same length.
+        let mapped = unsafe {
+            libc::mmap(
+                host_addr as *mut libc::c_void,
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                offset as i64,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(SnapshotEngineError::Os {
+                what: "mapping the snapshot memory file over guest RAM",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        offset += size;
+    }
+    Ok(())
 }
 
 /// Maps the snapshot memory MAP_PRIVATE over guest RAM at the same host addresses: KVM's memslots

@@ -24,6 +24,7 @@ use crate::config::{KernelSource, SerialOutput, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::dirty_tracking::{DirtyTrackingError, DirtyTrackingMode};
 use crate::memory::{GuestRam, MemoryError};
+use crate::persist::{PersistError, SavedVm};
 use crate::signals;
 use crate::snapshot_engine::{SnapshotEngine, SnapshotEngineError, VmParts};
 use crate::vcpu::{run_vcpu, StopReason, TIMED_OUT};
@@ -73,6 +74,8 @@ pub enum VmError {
     DirtyTracking(#[from] DirtyTrackingError),
     #[error("snapshot engine: {0}")]
     Engine(#[from] SnapshotEngineError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -91,6 +94,9 @@ pub struct Vm {
     pub ram: GuestRam,
     pub boot: BootSetup,
     timeout: Option<Duration>,
+    save_dir: Option<PathBuf>,
+    mem_bytes: u64,
+    device_options: crate::device_manager::DeviceOptions,
 }
 
 fn open_sized(what: &'static str, path: &Path, limit: u64) -> Result<(File, u64), VmError> {
@@ -135,15 +141,7 @@ impl Vm {
             Some(path) => Some(open_sized("initrd", path, config.mem_bytes)?),
             None => None,
         };
-        let serial_out: Box<dyn std::io::Write + Send> = match &config.serial {
-            SerialOutput::Stdio => Box::new(std::io::stdout()),
-            SerialOutput::File(path) => {
-                Box::new(File::create(path).map_err(|source| VmError::SerialOutput {
-                    path: path.clone(),
-                    source,
-                })?)
-            }
-        };
+        let serial_out = open_serial(&config.serial)?;
 
         let ram = GuestRam::new(config.mem_bytes)?;
         let boot = load_kernel(
@@ -157,31 +155,7 @@ impl Vm {
             &config.cmdline,
         )?;
 
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let vm_fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("SET_TSS_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
-        vm_fd
-            .create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(kvm_err("CREATE_PIT2"))?;
-        for (slot, (guest_addr, len, host_addr)) in ram.slots().into_iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: guest_addr,
-                memory_size: len,
-                userspace_addr: host_addr,
-            };
-            // SAFETY: the region is a live mapping owned by `ram`, which the Vm keeps alive for
-            // as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(region) }
-                .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
-        }
+        let (kvm, vm_fd) = create_kvm_vm(&ram)?;
         let vm_fd = Arc::new(vm_fd);
         let devices = DeviceManager::new(vm_fd.clone(), serial_out, &config.devices)?;
         // The dirty ring must be enabled before any vCPU exists.
@@ -209,6 +183,66 @@ impl Vm {
             ram,
             boot,
             timeout: config.timeout,
+            save_dir: config.save_snapshot.clone(),
+            mem_bytes: config.mem_bytes,
+            device_options: config.devices,
+        })
+    }
+
+    /// Resumes a snapshot written by `--save-snapshot`. Guest RAM maps the memory file privately,
+    /// so pages are read from disk only when the guest touches them, and the file never changes.
+    pub fn from_snapshot(config: &VmConfig, dir: &Path) -> Result<Self, VmError> {
+        let loaded = snapshot::LoadedSnapshot::open(dir).map_err(PersistError::from)?;
+        loaded.verify_memory().map_err(PersistError::from)?;
+        let saved: SavedVm = loaded.decode_state().map_err(PersistError::from)?;
+        saved.validate(loaded.memory_len())?;
+        let device_options = saved.device_options()?;
+        let serial_out = open_serial(&config.serial)?;
+        let ram = GuestRam::new(saved.mem_bytes)?;
+        let memory_file = loaded
+            .memory_file()
+            .try_clone()
+            .map_err(|source| VmError::ReadFile {
+                what: "snapshot memory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        crate::snapshot_engine::map_private_over_ram(&ram, &memory_file)?;
+        let (kvm, vm_fd) = create_kvm_vm(&ram)?;
+        let vm_fd = Arc::new(vm_fd);
+        let mut devices = DeviceManager::new(vm_fd.clone(), serial_out, &device_options)?;
+        let tracking = DirtyTrackingMode::enable(&vm_fd)?;
+        let placeholder = BootSetup {
+            protocol: crate::boot::BootProtocol::Elf64,
+            entry: crate::arch::cpu::EntryPoint::Long64 { rip: 0, rsi: 0 },
+            kernel_end: 0,
+            initrd: None,
+        };
+        // CPUID and the boot MSRs first, then every saved piece of state on top.
+        let mut vcpu = create_boot_vcpu(&kvm, &vm_fd, &placeholder)?;
+        let mut engine = SnapshotEngine::new(
+            config.engine.clone(),
+            tracking,
+            &kvm,
+            &vm_fd,
+            &mut vcpu,
+            &ram,
+        )?;
+        let memory = snapshot::SnapshotMemory::from_file(memory_file, saved.mem_bytes as usize)
+            .map_err(SnapshotEngineError::from)?;
+        engine.adopt_loaded(&vm_fd, &mut vcpu, &ram, &mut devices, saved, memory)?;
+        Ok(Vm {
+            engine,
+            vcpu,
+            devices,
+            vm_fd,
+            kvm,
+            ram,
+            boot: placeholder,
+            timeout: config.timeout,
+            save_dir: config.save_snapshot.clone(),
+            mem_bytes: loaded.memory_len(),
+            device_options,
         })
     }
 
@@ -253,6 +287,9 @@ impl Vm {
         let read_guest =
             |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
         let mut hooks = RunningVm {
+            save_dir: self.save_dir.as_deref(),
+            mem_bytes: self.mem_bytes,
+            device_options: self.device_options,
             vm_fd: &self.vm_fd,
             ram: &self.ram,
             devices: &mut self.devices,
@@ -265,6 +302,48 @@ impl Vm {
         }
         Ok(reason)
     }
+}
+
+fn open_serial(serial: &SerialOutput) -> Result<Box<dyn std::io::Write + Send>, VmError> {
+    Ok(match serial {
+        SerialOutput::Stdio => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmError::SerialOutput {
+                path: path.clone(),
+                source,
+            })?)
+        }
+    })
+}
+
+/// Opens KVM and creates the VM with its in-kernel irqchip, PIT and RAM slots.
+fn create_kvm_vm(ram: &GuestRam) -> Result<(Kvm, VmFd), VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let vm_fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("SET_TSS_ADDR"))?;
+    vm_fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
+    vm_fd
+        .create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("CREATE_PIT2"))?;
+    for (slot, (guest_addr, len, host_addr)) in ram.slots().into_iter().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: guest_addr,
+            memory_size: len,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the region is a live mapping owned by `ram`, which the Vm keeps alive for as
+        // long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
+    }
+    Ok((kvm, vm_fd))
 }
 
 /// Creates vCPU 0 and sets the entry state.
@@ -298,6 +377,9 @@ fn create_boot_vcpu(kvm: &Kvm, vm_fd: &VmFd, boot: &BootSetup) -> Result<VcpuFd,
 
 /// The VM as the vCPU loop sees it while running: devices for I/O, the engine for snapshots.
 struct RunningVm<'a> {
+    save_dir: Option<&'a Path>,
+    mem_bytes: u64,
+    device_options: crate::device_manager::DeviceOptions,
     vm_fd: &'a VmFd,
     ram: &'a GuestRam,
     devices: &'a mut DeviceManager,
@@ -334,7 +416,17 @@ impl VcpuHooks for RunningVm<'_> {
         };
         tracing::debug!(?command, "snapshot device command");
         let result = match command {
-            SnapshotCommand::Save => self.engine.save(&mut parts),
+            SnapshotCommand::Save => {
+                self.engine
+                    .save(&mut parts)
+                    .and_then(|()| match self.save_dir {
+                        Some(dir) => {
+                            self.engine
+                                .write_to_disk(dir, self.mem_bytes, &self.device_options)
+                        }
+                        None => Ok(()),
+                    })
+            }
             SnapshotCommand::Restore => self.engine.restore(&mut parts),
             // Without a fuzz harness there is nobody to record a crash or hand out the next
             // input: a crash stops the VM, a finished run rolls back for the next one.

@@ -31,7 +31,7 @@ const fn descriptor(flags: u16, base: u32, limit: u32) -> u64 {
 /// The `kvm_segment` that loading `selector` from [`BOOT_GDT`] would produce.
 pub fn segment(selector: u16) -> kvm_segment {
     let entry = BOOT_GDT[(selector >> 3) as usize];
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
