@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 mod cpio;
 mod programs;
 mod serial_log;
+mod tiny_kernel;
 
 use cpio::CpioWriter;
 use programs::add_program;
 pub use programs::static_snapvmm;
 use serial_log::{Event, LogParser};
+pub use tiny_kernel::tiny_pvh_kernel;
 
 /// Environment variable: the QEMU binary to use (default `qemu-system-x86_64` from `PATH`).
 pub const QEMU_ENV: &str = "SNAPVMM_LANE_QEMU";
@@ -48,6 +50,8 @@ pub const BUILD_COMMAND: &str = "bash guest-tools/linux/build-images.sh";
 pub const SNAPVMM_IN_L1: &str = "/bin/snapvmm";
 /// The inner guest's initramfs inside L1 (`$LANE_GUEST_INITRD`, set by l1-init.sh).
 const GUEST_INITRD_IN_L1: &str = "/guest/initramfs.cpio";
+/// Where [`Lane::bare_metal_guests`] puts guest-tools' bare-metal guests inside L1.
+pub const BARE_METAL_GUESTS_IN_L1: &str = "/lane/guests";
 
 /// How long L1 may take from QEMU's start to `@@LANE ready` (normally ~5 s; CI machines are
 /// shared, so leave a wide margin).
@@ -398,6 +402,21 @@ impl Lane {
         self
     }
 
+    /// Carries every bare-metal guest that guest-tools built (`guest_tools::BUILT_GUESTS`: the
+    /// runtime guests, their `-pvh` variants, `pvh-hello`) into L1 as
+    /// `/lane/guests/<file name>`; [`bare_metal_guest_in_l1`] gives a guest's path there. About
+    /// 3 MiB: unpacking them costs L1 no measurable time.
+    pub fn bare_metal_guests(mut self) -> Self {
+        for guest in guest_tools::BUILT_GUESTS {
+            self.files.push(L1File {
+                path: format!("{BARE_METAL_GUESTS_IN_L1}/{}", guest.file_name),
+                mode: 0o755,
+                contents: FileContents::Host(guest_tools::guest_dir().join(guest.file_name)),
+            });
+        }
+        self
+    }
+
     /// Adds a file with `contents` at `path` inside L1.
     pub fn file(mut self, path: &str, mode: u32, contents: &[u8]) -> Self {
         self.files.push(L1File {
@@ -514,6 +533,16 @@ impl Lane {
         }
         Ok(overlay)
     }
+}
+
+/// The path inside L1 of the bare-metal guest `name` (as in `guest_tools::guest_path`, e.g.
+/// `"hello"`, `"hello-pvh"`, `"pvh-hello"`) of a lane with [`Lane::bare_metal_guests`].
+pub fn bare_metal_guest_in_l1(name: &str) -> Result<String, LaneError> {
+    guest_tools::BUILT_GUESTS
+        .iter()
+        .find(|guest| guest.name == name)
+        .map(|guest| format!("{BARE_METAL_GUESTS_IN_L1}/{}", guest.file_name))
+        .ok_or_else(|| LaneError::BadRequest(format!("guest-tools built no guest named {name}")))
 }
 
 /// The workspace root (the parent of this crate).
