@@ -14,6 +14,8 @@ pub enum DeviceAction {
     Reset,
     /// The guest wrote a code to the debug-exit port.
     DebugExit(u32),
+    /// The guest entered ACPI S5 (soft off) through the PM1 control register.
+    PowerOff,
     /// A PCI config write moved memory BARs or switched their decoding on or off. The VMM moves
     /// host-memory-backed BARs (memslots) accordingly; MMIO-trapped BARs need nothing, the
     /// `PciBus` routes them itself.

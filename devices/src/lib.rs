@@ -12,12 +12,18 @@
 //!   (0x60..=0x64: data at offset 0, status/command at offset 4).
 //! - [`debug_exit::DebugExitDevice`]: [`debug_exit::DEBUG_EXIT_PORT_BASE`] + 4 ports.
 //! - [`pci::PciBus`]: configuration mechanism #1 at [`pci::PCI_CONFIG_PORT_BASE`] + 8 ports.
+//! - [`cmos::CmosDevice`]: MC146818 RTC and CMOS memory, [`cmos::CMOS_PORT_BASE`] + 2 ports.
+//! - [`acpi_pm::AcpiPmDevice`]: ACPI PM1a event and control registers,
+//!   [`acpi_pm::ACPI_PM_PORT_BASE`] + [`acpi_pm::ACPI_PM_PORT_LEN`] ports; S5 comes back as
+//!   [`DeviceAction::PowerOff`].
 //!
 //! On the PCI bus: [`snapshot_device::SnapshotDevice`] (1234:f987, slot
 //! [`snapshot_device::SNAPSHOT_DEVICE_DEFAULT_SLOT`] by default), whose commands come back as
 //! [`DeviceAction::Snapshot`].
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pci;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use devices::acpi_pm::{AcpiPmDevice, AcpiPmState, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
+use devices::cmos::{CmosDevice, CmosState, CMOS_PORT_BASE, CMOS_PORT_LEN};
 use devices::debug_exit::{DebugExitDevice, DEBUG_EXIT_PORT_BASE, DEBUG_EXIT_PORT_LEN};
 use devices::i8042::{I8042Device, I8042State, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::pci::{BarRelocation, PciBus, PciBusState, PCI_CONFIG_PORT_BASE, PCI_CONFIG_PORT_LEN};
@@ -71,6 +73,8 @@ impl Default for DeviceOptions {
 pub struct DeviceStates {
     pub serial: SerialDeviceState,
     pub i8042: I8042State,
+    pub cmos: CmosState,
+    pub acpi_pm: AcpiPmState,
     pub pci_bus: PciBusState,
     pub snapshot_device: SnapshotDeviceState,
 }
@@ -90,6 +94,8 @@ pub struct DeviceManager {
     pio: PioBus,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
+    cmos: Arc<Mutex<CmosDevice>>,
+    acpi_pm: Arc<Mutex<AcpiPmDevice>>,
     pci: Arc<Mutex<PciBus>>,
     snapshot_device: Arc<Mutex<SnapshotDevice>>,
     snapshot_slot: u8,
@@ -123,6 +129,9 @@ impl DeviceManager {
             })?;
         let serial = Arc::new(Mutex::new(serial));
         let i8042 = Arc::new(Mutex::new(I8042Device::new()));
+        // The RAM size in CMOS is filled in by `report_ram_size`; the clock is the host's.
+        let cmos = Arc::new(Mutex::new(CmosDevice::new(0, 0)));
+        let acpi_pm = Arc::new(Mutex::new(AcpiPmDevice::new()));
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let snapshot_device = SnapshotDevice::new(&options.snapshot_device).map_err(|e| {
             DeviceManagerError::Device {
@@ -148,6 +157,12 @@ impl DeviceManager {
         let mut pio = PioBus::default();
         pio.insert(COM1_PORT_BASE, SERIAL_PORT_LEN, Box::new(serial.clone()));
         pio.insert(I8042_PORT_BASE, I8042_PORT_LEN, Box::new(i8042.clone()));
+        pio.insert(CMOS_PORT_BASE, CMOS_PORT_LEN, Box::new(cmos.clone()));
+        pio.insert(
+            ACPI_PM_PORT_BASE,
+            ACPI_PM_PORT_LEN,
+            Box::new(acpi_pm.clone()),
+        );
         pio.insert(
             PCI_CONFIG_PORT_BASE,
             PCI_CONFIG_PORT_LEN,
@@ -163,6 +178,8 @@ impl DeviceManager {
             pio,
             serial,
             i8042,
+            cmos,
+            acpi_pm,
             pci,
             snapshot_device: snapshot_device.clone(),
             snapshot_slot: options.snapshot_slot,
@@ -185,6 +202,20 @@ impl DeviceManager {
         &self.snapshot_device
     }
 
+    /// Writes the guest's RAM size into CMOS memory, where PC firmware keeps it (bytes 0x15-0x18,
+    /// 0x30-0x31, 0x34-0x35, 0x5b-0x5d). Only a cold boot needs it: a snapshot's CMOS has it.
+    pub fn report_ram_size(&self, mem_bytes: u64) {
+        let ranges = crate::arch::layout::ram_ranges(mem_bytes);
+        let low = ranges.first().map_or(0, |range| range.len);
+        let high = ranges.get(1).map_or(0, |range| range.len);
+        let mut cmos = lock(&self.cmos);
+        let mut state = cmos.save();
+        state.record_ram_size(low, high);
+        if let Err(error) = cmos.restore_in_place(&state) {
+            tracing::warn!(%error, "CMOS: cannot record the RAM size");
+        }
+    }
+
     /// Forwards the host's stdin to COM1 until the returned handle is dropped.
     pub fn start_stdin_forwarding(&self) -> Option<StdinForwarder> {
         StdinForwarder::start(self.serial.clone()).ok()
@@ -195,6 +226,8 @@ impl DeviceManager {
         DeviceStates {
             serial: lock(&self.serial).save(),
             i8042: lock(&self.i8042).save(),
+            cmos: lock(&self.cmos).save(),
+            acpi_pm: lock(&self.acpi_pm).save(),
             pci_bus: lock(&self.pci).save(),
             snapshot_device: lock(&self.snapshot_device).save(),
         }
@@ -209,6 +242,12 @@ impl DeviceManager {
             .map_err(rejected)?;
         lock(&self.i8042)
             .restore_in_place(&states.i8042)
+            .map_err(rejected)?;
+        lock(&self.cmos)
+            .restore_in_place(&states.cmos)
+            .map_err(rejected)?;
+        lock(&self.acpi_pm)
+            .restore_in_place(&states.acpi_pm)
             .map_err(rejected)?;
         lock(&self.snapshot_device)
             .restore_in_place(&states.snapshot_device)

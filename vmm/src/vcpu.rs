@@ -153,6 +153,7 @@ fn device_decision(action: DeviceAction) -> ExitDecision {
         DeviceAction::None => ExitDecision::Continue,
         DeviceAction::Reset => ExitDecision::Stop(StopReason::Reset),
         DeviceAction::DebugExit(code) => ExitDecision::Stop(StopReason::DebugExit(code)),
+        DeviceAction::PowerOff => ExitDecision::Stop(StopReason::PowerOff),
         // The device manager follows BAR moves before the action gets here.
         DeviceAction::BarsRelocated(_) => ExitDecision::Continue,
         DeviceAction::Snapshot(command) => ExitDecision::Snapshot(command),
@@ -358,6 +359,10 @@ mod tests {
             handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), &mut bus),
             ExitDecision::Stop(StopReason::Reset)
         );
+        bus.action = Some(DeviceAction::PowerOff);
+        let decision = handle_exit(VcpuExit::IoOut(0x604, &[0x01, 0x34]), &mut bus);
+        assert_eq!(decision, ExitDecision::Stop(StopReason::PowerOff));
+        assert_eq!(StopReason::PowerOff.exit_status(), 0);
     }
 
     #[test]
