@@ -157,17 +157,14 @@ impl Vm {
 
         let (kvm, vm_fd) = create_kvm_vm(&ram)?;
         let vm_fd = Arc::new(vm_fd);
-        let devices = DeviceManager::new(vm_fd.clone(), serial_out, &config.devices)?;
-        // The dirty ring must be enabled before any vCPU exists.
-        let tracking = DirtyTrackingMode::enable(&vm_fd)?;
-        let mut vcpu = create_boot_vcpu(&kvm, &vm_fd, &boot)?;
-        let engine = SnapshotEngine::new(
-            config.engine.clone(),
-            tracking,
+        let (devices, vcpu, engine) = assemble(
             &kvm,
             &vm_fd,
-            &mut vcpu,
             &ram,
+            config,
+            &config.devices,
+            serial_out,
+            &boot,
         )?;
         tracing::info!(
             tracker = engine.tracker_name(),
@@ -210,23 +207,21 @@ impl Vm {
         crate::snapshot_engine::map_private_over_ram(&ram, &memory_file)?;
         let (kvm, vm_fd) = create_kvm_vm(&ram)?;
         let vm_fd = Arc::new(vm_fd);
-        let mut devices = DeviceManager::new(vm_fd.clone(), serial_out, &device_options)?;
-        let tracking = DirtyTrackingMode::enable(&vm_fd)?;
         let placeholder = BootSetup {
             protocol: crate::boot::BootProtocol::Elf64,
             entry: crate::arch::cpu::EntryPoint::Long64 { rip: 0, rsi: 0 },
             kernel_end: 0,
             initrd: None,
         };
-        // CPUID and the boot MSRs first, then every saved piece of state on top.
-        let mut vcpu = create_boot_vcpu(&kvm, &vm_fd, &placeholder)?;
-        let mut engine = SnapshotEngine::new(
-            config.engine.clone(),
-            tracking,
+        // CPUID and the boot MSRs first; the saved state goes on top in `adopt_loaded`.
+        let (mut devices, mut vcpu, mut engine) = assemble(
             &kvm,
             &vm_fd,
-            &mut vcpu,
             &ram,
+            config,
+            &device_options,
+            serial_out,
+            &placeholder,
         )?;
         let memory = snapshot::SnapshotMemory::from_file(memory_file, saved.mem_bytes as usize)
             .map_err(SnapshotEngineError::from)?;
@@ -314,6 +309,24 @@ fn open_serial(serial: &SerialOutput) -> Result<Box<dyn std::io::Write + Send>, 
             })?)
         }
     })
+}
+
+/// Creates the devices, the vCPU and the snapshot engine of a VM whose RAM is in place.
+fn assemble(
+    kvm: &Kvm,
+    vm_fd: &Arc<VmFd>,
+    ram: &GuestRam,
+    config: &VmConfig,
+    device_options: &crate::device_manager::DeviceOptions,
+    serial_out: Box<dyn std::io::Write + Send>,
+    boot: &BootSetup,
+) -> Result<(DeviceManager, VcpuFd, SnapshotEngine), VmError> {
+    let devices = DeviceManager::new(vm_fd.clone(), serial_out, device_options)?;
+    // The dirty ring must be enabled before any vCPU exists.
+    let tracking = DirtyTrackingMode::enable(vm_fd)?;
+    let mut vcpu = create_boot_vcpu(kvm, vm_fd, boot)?;
+    let engine = SnapshotEngine::new(config.engine.clone(), tracking, kvm, vm_fd, &mut vcpu, ram)?;
+    Ok((devices, vcpu, engine))
 }
 
 /// Opens KVM and creates the VM with its in-kernel irqchip, PIT and RAM slots.
