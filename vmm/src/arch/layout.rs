@@ -37,6 +37,10 @@ pub const BOOT_AREA_END: u64 = CMDLINE_ADDR + CMDLINE_MAX_BYTES as u64;
 pub const EBDA_START: u64 = 0x9_FC00;
 /// Kernels load at or above 1 MiB.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// ACPI tables, RSDP first, in the legacy BIOS area that OSes scan for the RSDP (reserved in the
+/// memory map).
+pub const ACPI_TABLES_START: u64 = 0xE_0000;
+pub const ACPI_TABLES_END: u64 = HIGH_MEMORY_START;
 /// The highest address Linux accepts an initrd below unless its header says otherwise.
 pub const INITRD_ADDR_MAX: u64 = 0x37FF_FFFF;
 
@@ -172,6 +176,13 @@ mod tests {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:?}");
         }
         assert!(CMDLINE_ADDR + CMDLINE_MAX_BYTES as u64 <= EBDA_START);
+        // The ACPI tables sit in the reserved part of the memory map, where guests find them.
+        const { assert!(EBDA_START <= ACPI_TABLES_START && ACPI_TABLES_END <= HIGH_MEMORY_START) };
+        assert!(memory_map(256 << 20)
+            .iter()
+            .any(|e| e.kind == MemoryKind::Reserved
+                && e.addr <= ACPI_TABLES_START
+                && e.addr + e.len >= ACPI_TABLES_END));
         const { assert!(BOOT_STACK_TOP < PML4_ADDR && BOOT_STACK_TOP > ZERO_PAGE_ADDR + 0x1000) };
     }
 }

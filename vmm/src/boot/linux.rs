@@ -1,5 +1,5 @@
-//! The Linux boot protocol's zero page (`boot_params`): setup header, command line, initrd and
-//! the e820 memory map. Plain 64-bit ELF guests get the same page in RSI.
+//! The Linux boot protocol's zero page (`boot_params`): setup header, command line, initrd, the
+//! e820 memory map and the ACPI RSDP's address. Plain 64-bit ELF guests get the same page in RSI.
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 
@@ -25,6 +25,7 @@ pub fn build_boot_params(
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
     mem_bytes: u64,
+    acpi_rsdp_addr: u64,
 ) -> boot_params {
     let mut params = boot_params::default();
     if let Some(header) = header {
@@ -50,6 +51,7 @@ pub fn build_boot_params(
         };
     }
     params.e820_entries = map.len().min(params.e820_table.len()) as u8;
+    params.acpi_rsdp_addr = acpi_rsdp_addr;
     params
 }
 
@@ -64,7 +66,7 @@ mod tests {
             addr: 0x0f00_0000,
             size: 0x12345,
         };
-        let params = build_boot_params(None, 42, Some(initrd), 256 << 20);
+        let params = build_boot_params(None, 42, Some(initrd), 256 << 20, 0xe_0000);
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, 0xaa55);
         assert_eq!({ hdr.header }, 0x5372_6448);
@@ -72,6 +74,7 @@ mod tests {
         assert_eq!({ hdr.cmdline_size }, 42);
         assert_eq!({ hdr.ramdisk_image }, 0x0f00_0000);
         assert_eq!({ hdr.ramdisk_size }, 0x12345);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!(params.e820_entries, 3);
         let e820 = params.e820_table;
         assert_eq!(
@@ -93,7 +96,7 @@ mod tests {
             xloadflags: 1,
             ..Default::default()
         };
-        let params = build_boot_params(Some(header), 1, None, 5 << 30);
+        let params = build_boot_params(Some(header), 1, None, 5 << 30, 0xe_0000);
         assert_eq!({ params.hdr.version }, 0x020f);
         assert_eq!({ params.hdr.xloadflags }, 1);
         assert_eq!({ params.hdr.ramdisk_size }, 0);

@@ -5,6 +5,9 @@
 //! - 64-bit ELF with a PVH note (e.g. Linux's vmlinux): PVH, 32-bit entry with `hvm_start_info`.
 //! - 64-bit ELF without one: long mode with identity paging, zero page in RSI.
 //! - 32-bit ELF with a PVH note: PVH; with only a Multiboot header: Multiboot v1.
+//!
+//! Every protocol also gets the ACPI tables in the BIOS area (see `arch::acpi`); the zero page and
+//! PVH's start_info carry the RSDP's address as well.
 
 pub mod elf;
 pub mod linux;
@@ -22,11 +25,13 @@ use linux_loader::loader::KernelLoader;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::arch::acpi::build_tables;
 use crate::arch::cpu::EntryPoint;
 use crate::arch::gdt::BOOT_GDT;
 use crate::arch::layout::{
-    low_ram_end, BOOT_AREA_END, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR, HIGH_MEMORY_START,
-    IDT_ADDR, INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+    low_ram_end, ACPI_TABLES_START, BOOT_AREA_END, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR,
+    HIGH_MEMORY_START, IDT_ADDR, INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR,
+    ZERO_PAGE_ADDR,
 };
 use crate::arch::paging::write_identity_tables;
 use elf::{ElfClass, ElfError, ElfImage};
@@ -61,6 +66,9 @@ pub enum BootError {
     #[error("cannot write boot parameters: {0}")]
     Configurator(#[from] linux_loader::configurator::Error),
 }
+
+/// snapvmm runs one vCPU, the boot vCPU; the ACPI tables list that many.
+const VCPUS: u8 = 1;
 
 /// Which protocol a kernel was booted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +173,16 @@ pub fn load_kernel<M: GuestMemoryBackend>(
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + i as u64 * 8))?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))?;
+    // Bare-metal guests ignore the tables; an OS finds them by scanning the BIOS area for the
+    // RSDP or through the pointer its boot protocol carries.
+    let acpi = build_tables(ACPI_TABLES_START, VCPUS);
+    mem.write_slice(&acpi.bytes, GuestAddress(acpi.base))?;
 
     let entry = match protocol {
         BootProtocol::LinuxBzImage | BootProtocol::Elf64 => {
             write_identity_tables(mem)?;
-            let params = build_boot_params(bz_header, cmdline_len, initrd, mem_bytes);
+            let params =
+                build_boot_params(bz_header, cmdline_len, initrd, mem_bytes, acpi.rsdp_addr);
             LinuxBootConfigurator::write_bootparams::<M>(
                 &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
                 mem,
@@ -180,7 +193,13 @@ pub fn load_kernel<M: GuestMemoryBackend>(
             }
         }
         BootProtocol::Pvh => {
-            let block = pvh::build_start_info(PVH_INFO_ADDR, CMDLINE_ADDR, initrd, mem_bytes);
+            let block = pvh::build_start_info(
+                PVH_INFO_ADDR,
+                CMDLINE_ADDR,
+                initrd,
+                mem_bytes,
+                acpi.rsdp_addr,
+            );
             mem.write_slice(&block, GuestAddress(PVH_INFO_ADDR))?;
             EntryPoint::Protected32 {
                 eip: entry_addr,
@@ -299,6 +318,12 @@ mod tests {
         );
         let magic: u32 = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
         assert_eq!(magic, pvh::START_INFO_MAGIC);
+        // rsdp_paddr points at the RSDP, which also sits where a BIOS-area scan finds it.
+        let rsdp: u64 = mem.read_obj(GuestAddress(PVH_INFO_ADDR + 32)).unwrap();
+        assert_eq!(rsdp, ACPI_TABLES_START);
+        let mut signature = [0u8; 8];
+        mem.read_slice(&mut signature, GuestAddress(rsdp)).unwrap();
+        assert_eq!(&signature, b"RSD PTR ");
         let mut cmdline = [0u8; 14];
         mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_ADDR))
             .unwrap();
@@ -314,6 +339,11 @@ mod tests {
         let kernel = elf::tests::tiny_elf32(&[0xf4], 0x10_0000, None, true);
         let setup = load_kernel(&mem, MEM, &kernel, None, "").unwrap();
         assert_eq!(setup.protocol, BootProtocol::Multiboot);
+        // Multiboot has no RSDP pointer: the tables are found by the BIOS-area scan.
+        let mut signature = [0u8; 8];
+        mem.read_slice(&mut signature, GuestAddress(ACPI_TABLES_START))
+            .unwrap();
+        assert_eq!(&signature, b"RSD PTR ");
         assert!(matches!(
             setup.entry,
             EntryPoint::Protected32 {

@@ -18,6 +18,7 @@ pub fn build_start_info(
     cmdline_addr: u64,
     initrd: Option<InitrdPlacement>,
     mem_bytes: u64,
+    rsdp_addr: u64,
 ) -> Vec<u8> {
     let map = memory_map(mem_bytes);
     let modlist_addr = at + START_INFO_SIZE as u64;
@@ -33,7 +34,7 @@ pub fn build_start_info(
     put32(&mut block, modules as u32);
     put64(&mut block, if modules > 0 { modlist_addr } else { 0 });
     put64(&mut block, cmdline_addr);
-    put64(&mut block, 0); // no ACPI RSDP
+    put64(&mut block, rsdp_addr);
     put64(&mut block, memmap_addr);
     put32(&mut block, map.len() as u32);
     put32(&mut block, 0);
@@ -75,12 +76,13 @@ mod tests {
             addr: 0x800_0000,
             size: 4096,
         };
-        let block = build_start_info(0x6000, 0x20000, Some(initrd), 64 << 20);
+        let block = build_start_info(0x6000, 0x20000, Some(initrd), 64 << 20, 0xe_0000);
         assert_eq!(u32_at(&block, 0), START_INFO_MAGIC);
         assert_eq!(u32_at(&block, 4), 1);
         assert_eq!(u32_at(&block, 12), 1);
         assert_eq!(u64_at(&block, 16), 0x6000 + 56);
         assert_eq!(u64_at(&block, 24), 0x20000);
+        assert_eq!(u64_at(&block, 32), 0xe_0000, "rsdp_paddr");
         let memmap = u64_at(&block, 40) as usize - 0x6000;
         assert_eq!(memmap, 56 + 32);
         assert_eq!(u32_at(&block, 48), 3);
