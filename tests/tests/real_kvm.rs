@@ -5,7 +5,9 @@
 //!
 //! Checks share L1 boots: the `infra` run proves the lane itself (KVM works in L1, failures and
 //! time-outs turn tests red with the inner output shown), the `guest` run boots the stock Debian
-//! kernel with snapvmm inside L1.
+//! kernel with snapvmm inside L1, the `bare-metal` run runs guest-tools' bare-metal guests (the
+//! suite of baremetal.rs) and the `snapshots` run the snapshot exactness suite (snapshot.rs) under
+//! snapvmm on kvm_amd's TDP MMU, where those suites run on this machine's kvm_pvm shadow MMU.
 
 use std::path::Path;
 use std::sync::OnceLock;
