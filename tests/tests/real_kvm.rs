@@ -225,6 +225,15 @@ fn guest_lane() -> Lane {
          expect=TYPED-42 'send=exit\\n' -- {}",
         guest_command("", "shell exit=5")
     );
+    // The guest's view of the platform in one line (its shell expands it), then poweroff; L1's
+    // clock first, to compare the guest's RTC-set clock with.
+    let platform = format!(
+        "echo \"L1 epoch $(date +%s)\"; lane-chat 'expect=@@GUEST action shell' 'expect=# ' \
+         'send=echo PLATFORM rtc=$(cat /sys/class/rtc/rtc0/name) epoch=$(date +%s) \
+         ioapic=$(grep -c IO-APIC /proc/interrupts) tables= $(ls /sys/firmware/acpi/tables)\\n' \
+         expect=rtc=rtc_cmos 'send=exit\\n' -- {}",
+        guest_command("", "shell poweroff")
+    );
     let boot_actions = format!("pci exit={BOOT_EXIT_CODE}");
     let lane = Lane::new("guest").with_snapvmm();
     // Every static Linux program of guest-tools (linux-programs/) goes into the guest initramfs.
@@ -254,6 +263,16 @@ fn guest_lane() -> Lane {
             ),
         ))
         .job(guest_job("guest-reboot", "", "reboot"))
+        // A working poweroff ends the run within a second of the action: no waiting for --timeout.
+        .job(Job::new(
+            "guest-poweroff",
+            GUEST_BUDGET,
+            &format!(
+                "lane-chat 'expect=@@GUEST action poweroff' exit-within=10000 -- {}",
+                guest_command("", "poweroff")
+            ),
+        ))
+        .job(Job::new("guest-platform", GUEST_BUDGET, &platform))
         // With an initramfs the kernel runs rdinit= (default /init); init= only after a root mount.
         .job(guest_job(
             "guest-broken-init",
@@ -332,26 +351,61 @@ fn guest_reboot_makes_snapvmm_exit_with_the_reset_status() {
     check(job.expect_status(STATUS_RESET));
 }
 
-/// Boots L1 on its own (not in the shared `guest` run) while it is ignored, so that it costs
-/// nothing until snapvmm can power a guest off.
 #[test]
-#[ignore = "snapvmm has no ACPI tables yet: Linux prints 'reboot: Power off not available: \
-            System halted instead' and snapvmm runs into --timeout (status 68)"]
 fn guest_poweroff_makes_snapvmm_exit_with_status_0() {
-    // A working poweroff ends the run within a second of the action; do not wait for --timeout.
-    let command = format!(
-        "lane-chat 'expect=@@GUEST action poweroff' exit-within=10000 -- {}",
-        guest_command("", "poweroff")
-    );
-    let lane = Lane::new("guest-poweroff").with_snapvmm().job(Job::new(
-        "guest-poweroff",
-        GUEST_BUDGET,
-        &command,
-    ));
-    let run = check(lane.run());
-    let job = check(run.job("guest-poweroff"));
+    let job = check(guest().job("guest-poweroff"));
     check(job.expect_output("@@GUEST action poweroff"));
     check(job.expect_status(0));
+}
+
+/// What the ACPI tables and the CMOS RTC give a stock Linux: the tables in sysfs, interrupts
+/// through the IOAPIC, and a system clock set from the RTC at boot (without it, 1970).
+#[test]
+fn guest_finds_acpi_tables_ioapic_and_a_cmos_rtc_with_the_wall_clock() {
+    let job = check(guest().job("guest-platform"));
+    check(job.expect_status(0));
+    let field = |line: &str, key: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    let l1_epoch: i64 = job
+        .lines_with_prefix("L1 epoch ")
+        .next()
+        .and_then(|epoch| epoch.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no L1 epoch in:\n{}", job.output));
+    // The shell's echo of the typed command starts with the prompt; its output line does not.
+    let platform = job
+        .lines_with_prefix("PLATFORM ")
+        .find(|line| line.starts_with("rtc="))
+        .unwrap_or_else(|| panic!("no PLATFORM line in:\n{}", job.output));
+    assert_eq!(
+        field(platform, "rtc=").as_deref(),
+        Some("rtc_cmos"),
+        "{platform}"
+    );
+    let guest_epoch: i64 = field(platform, "epoch=")
+        .and_then(|epoch| epoch.parse().ok())
+        .unwrap_or_else(|| panic!("{platform}"));
+    // The guest booted within its job's budget after L1 printed its time.
+    assert!(
+        (0..=GUEST_BUDGET.as_secs() as i64).contains(&(guest_epoch - l1_epoch)),
+        "guest clock {guest_epoch} vs L1 clock {l1_epoch}: {platform}"
+    );
+    let ioapic: u32 = field(platform, "ioapic=")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("{platform}"));
+    assert!(
+        ioapic > 0,
+        "no interrupt goes through the IOAPIC: {platform}"
+    );
+    let tables = platform.split("tables=").nth(1).unwrap_or_default();
+    for table in ["APIC", "DSDT", "FACP"] {
+        assert!(
+            tables.split_whitespace().any(|t| t == table),
+            "{table} missing: {platform}"
+        );
+    }
 }
 
 /// The same check that accepts the good boot rejects a boot whose init does not exist.
