@@ -185,44 +185,12 @@ fn an_independent_pvh_multiboot_kernel_prints_the_same_as_under_qemu() {
     );
 }
 
-/// A minimal 32-bit PVH ELF whose code is `code`, loaded at 1 MiB.
+/// A tiny PVH kernel (see `snapvmm_tests::lane::tiny_pvh_kernel`) written to a temporary file.
 fn tiny_pvh_kernel(name: &str, code: &[u8]) -> std::path::PathBuf {
-    const LOAD: u32 = 0x10_0000;
-    let mut note = Vec::new();
-    for word in [4u32, 4, 18] {
-        note.extend_from_slice(&word.to_le_bytes());
-    }
-    note.extend_from_slice(b"Xen\0");
-    note.extend_from_slice(&LOAD.to_le_bytes());
-    let data_offset = 52 + 2 * 32;
-    let mut elf = vec![0u8; 52];
-    elf[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
-    elf[16] = 2; // executable
-    elf[18] = 3; // i386
-    elf[24..28].copy_from_slice(&LOAD.to_le_bytes());
-    elf[28..32].copy_from_slice(&52u32.to_le_bytes());
-    elf[40..42].copy_from_slice(&52u16.to_le_bytes());
-    elf[42..44].copy_from_slice(&32u16.to_le_bytes());
-    elf[44..46].copy_from_slice(&2u16.to_le_bytes());
-    let header = |p_type: u32, offset: u32, addr: u32, size: u32| {
-        [p_type, offset, addr, addr, size, size, 5, 4]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
-    elf.extend(header(1, data_offset, LOAD, code.len() as u32));
-    elf.extend(header(
-        4,
-        data_offset + code.len() as u32,
-        0,
-        note.len() as u32,
-    ));
-    elf.extend_from_slice(code);
-    elf.extend_from_slice(&note);
     let dir = std::env::temp_dir().join(format!("snapvmm-baremetal-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, elf).unwrap();
+    std::fs::write(&path, snapvmm_tests::lane::tiny_pvh_kernel(code)).unwrap();
     path
 }
 
