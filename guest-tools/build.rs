@@ -381,10 +381,12 @@ fn write_guest_list(
     source.push_str("pub const BUILT_GUESTS: &[BuiltGuest] = &[\n");
     for guest in guests {
         source.push_str(&format!(
-            "    BuiltGuest {{ name: {:?}, file_name: {:?}, entry: {} }},\n",
+            "    BuiltGuest {{ name: {:?}, file_name: {:?}, entry: {}, \
+             image: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{}.elf\")) }},\n",
             guest.name,
             format!("{}.elf", guest.name),
-            guest.entry.rust_name()
+            guest.entry.rust_name(),
+            guest.name
         ));
     }
     source.push_str("];\n");

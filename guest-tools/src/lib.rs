@@ -25,6 +25,8 @@ pub struct BuiltGuest {
     /// The file name in [`guest_dir`].
     pub file_name: &'static str,
     pub entry: GuestEntry,
+    /// The ELF itself, embedded so a binary that links guest-tools carries its guests along.
+    pub image: &'static [u8],
 }
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -172,9 +172,16 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         }
         (None, Some(name)) => {
-            KernelSource::File(guest_tools::guest_path(name).ok_or_else(|| {
-                anyhow::anyhow!("no built-in guest named '{name}' (see `snapvmm guests`)")
-            })?)
+            let guest = guest_tools::BUILT_GUESTS
+                .iter()
+                .find(|g| g.name == name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no built-in guest named '{name}' (see `snapvmm guests`)")
+                })?;
+            KernelSource::Builtin {
+                name: guest.name,
+                image: guest.image,
+            }
         }
     };
     let config = VmConfig {
