@@ -10,7 +10,7 @@ use crate::config::{MAX_MEM_BYTES, MIN_MEM_BYTES};
 use crate::device_manager::{DeviceOptions, DeviceStates};
 
 /// Bumped when the payload's shape changes; the directory format has its own version.
-pub const PAYLOAD_VERSION: u32 = 1;
+pub const PAYLOAD_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum PersistError {

@@ -322,6 +322,7 @@ fn assemble(
     boot: &BootSetup,
 ) -> Result<(DeviceManager, VcpuFd, SnapshotEngine), VmError> {
     let devices = DeviceManager::new(vm_fd.clone(), serial_out, device_options)?;
+    devices.report_ram_size(ram.size());
     // The dirty ring must be enabled before any vCPU exists.
     let tracking = DirtyTrackingMode::enable(vm_fd)?;
     let mut vcpu = create_boot_vcpu(kvm, vm_fd, boot)?;
