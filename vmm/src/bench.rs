@@ -135,7 +135,7 @@ fn median_of_runs(
     let mut runs = (0..REPETITIONS)
         .map(|_| run_one(kernel, mem_bytes, mode, pages, rounds, false))
         .collect::<Result<Vec<_>, _>>()?;
-    runs.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    runs.sort_by_key(|run| run.elapsed);
     Ok(runs.swap_remove(REPETITIONS / 2))
 }
 
