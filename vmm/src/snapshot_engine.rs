@@ -680,7 +680,13 @@ impl SnapshotEngine {
             ));
         };
 
-        // Shadow MMU: KVM caches guest page tables and does not see the copies below.
+        // Shadow MMU: KVM caches guest page tables and does not see the copies below. If no page
+        // of the snapshot's page-table tree was written and CR3 is the snapshot's, the tree the
+        // guest uses is the snapshot's and every cached shadow page is still right. Known gap: a
+        // round that builds a second tree in fresh pages, switches CR3 to it and back before the
+        // RESTORE leaves shadow pages for that tree cached; should a later round reuse those
+        // pages as page tables without rewriting them, it could see stale translations.
+        // `--vcpu-restore full` does not change this; only a reset on every restore would.
         let current_cr3 = vm.vcpu.sync_regs().sregs.cr3;
         let must_reset_mmu = self.shadow_mmu
             && (current_cr3 != snapshot.vcpu.sregs.cr3
