@@ -687,7 +687,9 @@ impl SnapshotEngine {
         // RESTORE leaves shadow pages for that tree cached; should a later round reuse those
         // pages as page tables without rewriting them, it could see stale translations.
         // `--vcpu-restore full` does not change this; only a reset on every restore would.
-        let current_cr3 = vm.vcpu.sync_regs().sregs.cr3;
+        // KVM left the segment and control registers in kvm_run at this exit (SYNC_REGS).
+        let sregs_now = vm.vcpu.sync_regs().sregs;
+        let current_cr3 = sregs_now.cr3;
         let must_reset_mmu = self.shadow_mmu
             && (current_cr3 != snapshot.vcpu.sregs.cr3
                 || match &snapshot.page_table_pages {
@@ -720,7 +722,7 @@ impl SnapshotEngine {
 
         let snapshot = self.snapshot.as_ref().expect("checked above");
         let full = self.options.vcpu_restore == VcpuRestore::Full
-            || privileged_state_may_differ(vm.vcpu, &snapshot.vcpu);
+            || privileged_state_may_differ(&sregs_now, &snapshot.vcpu);
         if full {
             restore_vcpu_full(vm.vcpu, &snapshot.vcpu, &self.vcpu_layout)?;
             self.stats.full_vcpu_restores += 1;
@@ -802,8 +804,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// segment and control registers KVM hands back for free on every exit (SYNC_REGS). The guest
 /// must be at CPL3 both at the snapshot and now, in the same address space, with the same
 /// descriptor tables; otherwise everything is restored.
-fn privileged_state_may_differ(vcpu: &mut VcpuFd, snapshot: &VcpuState) -> bool {
-    let now = vcpu.sync_regs().sregs;
+fn privileged_state_may_differ(now: &kvm_bindings::kvm_sregs, snapshot: &VcpuState) -> bool {
     let then = &snapshot.sregs;
     now.cs.dpl != 3
         || then.cs.dpl != 3
