@@ -449,6 +449,16 @@ impl VcpuHooks for RunningVm<'_> {
                     "guest reported a crash (code {code:#x}) through the snapshot device"
                 )))
             }
+            SnapshotCommand::Exception { vector } => {
+                let pc = self
+                    .devices
+                    .snapshot_device()
+                    .lock()
+                    .map_or(0, |device| device.command_pc());
+                return Err(StopReason::Snapshot(format!(
+                    "guest reported CPU exception {vector} at {pc:#x} through the snapshot device"
+                )));
+            }
             SnapshotCommand::Done { .. } => self.engine.restore(&mut parts),
         };
         result.map_err(|e| StopReason::Snapshot(e.to_string()))?;

@@ -18,7 +18,7 @@
 //! | offset | name          | access | meaning |
 //! |--------|---------------|--------|---------|
 //! | 0x00   | MAGIC         | R      | [`MAGIC`] = 0x534e4150 ("SNAP" read as a big-endian word) |
-//! | 0x00   | COMMAND       | W      | [`CMD_SAVE`] 0x101, [`CMD_RESTORE`] 0x102, [`CMD_CRASH`] 0x103, [`CMD_DONE`] 0x104 |
+//! | 0x00   | COMMAND       | W      | [`CMD_SAVE`] 0x101, [`CMD_RESTORE`] 0x102, [`CMD_CRASH`] 0x103, [`CMD_DONE`] 0x104, [`CMD_EXCEPTION`] 0x106 |
 //! | 0x04   | STATUS        | R      | bit 0 snapshot exists, bit 1 RAM capture running, bit 2 last command failed |
 //! | 0x08   | RESTORES_LO   | R      | restores since the current snapshot was taken, low half |
 //! | 0x0c   | RESTORES_HI   | R      | high half |
@@ -27,6 +27,8 @@
 //! | 0x18   | ABI_VERSION   | R      | [`ABI_VERSION`] = 1 |
 //! | 0x1c   | INPUT_SIZE    | R      | size of BAR2 in bytes (extension) |
 //! | 0x20   | COVERAGE_SIZE | R      | size of BAR4 in bytes (extension) |
+//! | 0x24   | FAULT_PC_LO   | R/W    | guest address the next CRASH/EXCEPTION is attributed to, low half (extension) |
+//! | 0x28   | FAULT_PC_HI   | R/W    | high half (extension) |
 //!
 //! Other widths and offsets: a read returns, byte by byte, the bytes of the registers it covers (0
 //! for undefined offsets). A write is split into the 32-bit registers it touches: ARG takes any of
@@ -34,13 +36,13 @@
 //! a partial COMMAND write) ignores the write and counts it in
 //! [`SnapshotDeviceStatistics::ignored_writes`].
 //!
-//! A COMMAND write clears STATUS bit 2, then: SAVE, CRASH and DONE always become a
+//! A COMMAND write clears STATUS bit 2, then: SAVE, CRASH, DONE and EXCEPTION always become a
 //! [`DeviceAction::Snapshot`]; RESTORE does too if a snapshot exists, else it sets STATUS bit 2
 //! and nothing happens; an unknown value sets STATUS bit 2 and is counted. The VMM sets bit 2 when
 //! it fails to carry a command out.
 //!
 //! What a restore rolls back ([`SnapshotDeviceState`]): the PCI config space and ARG. What it does
-//! not (host state): STATUS, RESTORES, INPUT_LEN, BAR2 and BAR4 contents, statistics.
+//! not (host state): STATUS, RESTORES, INPUT_LEN, FAULT_PC, BAR2 and BAR4 contents, statistics.
 
 mod bar_memory;
 
@@ -93,6 +95,8 @@ pub const REG_ARG: u64 = 0x14;
 pub const REG_ABI_VERSION: u64 = 0x18;
 pub const REG_INPUT_SIZE: u64 = 0x1c;
 pub const REG_COVERAGE_SIZE: u64 = 0x20;
+pub const REG_FAULT_PC_LO: u64 = 0x24;
+pub const REG_FAULT_PC_HI: u64 = 0x28;
 
 /// What MAGIC reads: "SNAP" as a big-endian word (the bytes in memory are "PANS").
 pub const MAGIC: u32 = 0x534e_4150;
@@ -111,6 +115,10 @@ pub const CMD_CRASH: u32 = 0x103;
 /// Extension: the run ended normally, ARG = a result code: the harness takes the coverage, puts
 /// the next input in BAR2 and restores. Without a harness it means RESTORE.
 pub const CMD_DONE: u32 = 0x104;
+/// Extension: the guest's runtime caught a CPU exception of the target, ARG = the vector (0-31),
+/// FAULT_PC = the faulting instruction: the harness records a crash, then restores. 0x105 stays
+/// undefined (see docs/snapshot-device.md).
+pub const CMD_EXCEPTION: u32 = 0x106;
 
 /// A command the guest wrote, for the VMM to carry out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +127,8 @@ pub enum SnapshotCommand {
     Restore,
     Crash { code: u32 },
     Done { code: u32 },
+    /// The runtime caught CPU exception `vector`; [`SnapshotDevice::command_pc`] says where.
+    Exception { vector: u32 },
 }
 
 #[derive(Debug, Error)]
@@ -296,6 +306,10 @@ pub struct SnapshotDevice {
     last_command_failed: bool,
     restores: u64,
     input_len: u32,
+    /// FAULT_PC: consumed (and cleared) by the next command.
+    fault_pc: u64,
+    /// FAULT_PC as the last command found it.
+    command_pc: u64,
     /// Bytes of BAR2 the last `set_input` wrote: the next one zeroes what it does not overwrite.
     input_written: usize,
     statistics: SnapshotDeviceStatistics,
@@ -378,6 +392,12 @@ impl SnapshotDevice {
             | bit(self.last_command_failed, STATUS_COMMAND_FAILED)
     }
 
+    /// The guest address the last command (a CRASH or EXCEPTION) was attributed to through
+    /// FAULT_PC; 0 when the guest wrote none.
+    pub fn command_pc(&self) -> u64 {
+        self.command_pc
+    }
+
     /// ARG as the guest last wrote it.
     pub fn arg(&self) -> u32 {
         self.arg
@@ -438,6 +458,8 @@ impl SnapshotDevice {
             // Both at most MAX_BUFFER_SIZE.
             REG_INPUT_SIZE => self.input.len() as u32,
             REG_COVERAGE_SIZE => self.coverage.len() as u32,
+            REG_FAULT_PC_LO => self.fault_pc as u32,
+            REG_FAULT_PC_HI => (self.fault_pc >> 32) as u32,
             _ => 0,
         }
     }
@@ -488,10 +510,13 @@ impl SnapshotDevice {
         match offset {
             REG_COMMAND if byte_mask == 0b1111 => self.execute(value),
             REG_ARG => {
-                let lanes = (0..4)
-                    .filter(|lane| byte_mask & (1 << lane) != 0)
-                    .fold(0u32, |lanes, lane| lanes | 0xff << (8 * lane));
-                self.arg = self.arg & !lanes | value & lanes;
+                self.arg = merge_lanes(self.arg, byte_mask, value);
+                DeviceAction::None
+            }
+            REG_FAULT_PC_LO | REG_FAULT_PC_HI => {
+                let shift = if offset == REG_FAULT_PC_HI { 32 } else { 0 };
+                let half = merge_lanes((self.fault_pc >> shift) as u32, byte_mask, value);
+                self.fault_pc = self.fault_pc & !(0xffff_ffff << shift) | u64::from(half) << shift;
                 DeviceAction::None
             }
             _ => {
@@ -514,6 +539,7 @@ impl SnapshotDevice {
             }
             CMD_CRASH => SnapshotCommand::Crash { code: self.arg },
             CMD_DONE => SnapshotCommand::Done { code: self.arg },
+            CMD_EXCEPTION => SnapshotCommand::Exception { vector: self.arg },
             _ => {
                 self.last_command_failed = true;
                 let count = &mut self.statistics.unknown_commands;
@@ -521,6 +547,7 @@ impl SnapshotDevice {
                 return DeviceAction::None;
             }
         };
+        self.command_pc = std::mem::take(&mut self.fault_pc);
         self.statistics.commands = self.statistics.commands.saturating_add(1);
         DeviceAction::Snapshot(command)
     }
@@ -529,6 +556,14 @@ impl SnapshotDevice {
         let count = &mut self.statistics.trapped_buffer_accesses;
         *count = count.saturating_add(1);
     }
+}
+
+/// `old` with the bytes of `value` that `byte_mask` selects written over it.
+fn merge_lanes(old: u32, byte_mask: u8, value: u32) -> u32 {
+    let lanes = (0..4)
+        .filter(|lane| byte_mask & (1 << lane) != 0)
+        .fold(0u32, |lanes, lane| lanes | 0xff << (8 * lane));
+    old & !lanes | value & lanes
 }
 
 /// `action` unless it is `None`, then `earlier`: what one access reports when it touched several
@@ -616,6 +651,8 @@ impl Persist for SnapshotDevice {
             last_command_failed: false,
             restores: 0,
             input_len: 0,
+            fault_pc: 0,
+            command_pc: 0,
             input_written: 0,
             statistics: SnapshotDeviceStatistics::default(),
         })

@@ -291,12 +291,24 @@ fn commands_become_actions_and_failures_set_status_bit_2() {
         machine.set_reg(REG_COMMAND, CMD_CRASH),
         snapshot(SnapshotCommand::Crash { code: 0xdead_beef })
     );
+    assert_eq!(machine.dev().command_pc(), 0);
+    // FAULT_PC attributes the next CRASH or EXCEPTION to a guest address, then clears.
+    machine.set_reg(REG_FAULT_PC_LO, 0x1234_5678);
+    machine.set_reg(REG_FAULT_PC_HI, 0xffff_8000);
+    assert_eq!(machine.reg(REG_FAULT_PC_HI), 0xffff_8000);
+    machine.set_reg(REG_ARG, 14);
+    assert_eq!(
+        machine.set_reg(REG_COMMAND, CMD_EXCEPTION),
+        snapshot(SnapshotCommand::Exception { vector: 14 })
+    );
+    assert_eq!(machine.dev().command_pc(), 0xffff_8000_1234_5678);
+    assert_eq!(machine.reg(REG_FAULT_PC_LO), 0);
     machine.set_reg(REG_ARG, 7);
     assert_eq!(
         machine.set_reg(REG_COMMAND, CMD_DONE),
         snapshot(SnapshotCommand::Done { code: 7 })
     );
-    assert_eq!(machine.dev().statistics().commands, 4);
+    assert_eq!(machine.dev().statistics().commands, 5);
 
     for bogus in [0, 0x100, 0x105, 0x201, u32::MAX] {
         assert_eq!(machine.set_reg(REG_COMMAND, bogus), DeviceAction::None);
@@ -308,7 +320,7 @@ fn commands_become_actions_and_failures_set_status_bit_2() {
     }
     let statistics = machine.dev().statistics();
     assert_eq!(statistics.unknown_commands, 5);
-    assert_eq!(statistics.commands, 4);
+    assert_eq!(statistics.commands, 5);
 
     // The next command clears the failure; the VMM can set it again.
     assert_eq!(
@@ -389,6 +401,7 @@ fn partial_wide_and_read_only_writes() {
 #[derive(Default)]
 struct RegisterModel {
     arg: u32,
+    fault_pc: u64,
     snapshot_exists: bool,
     failed: bool,
     ignored_writes: u64,
@@ -401,6 +414,8 @@ impl RegisterModel {
             0x00 => MAGIC,
             0x04 => u32::from(self.snapshot_exists) | u32::from(self.failed) << 2,
             0x14 => self.arg,
+            0x24 => self.fault_pc as u32,
+            0x28 => (self.fault_pc >> 32) as u32,
             0x18 => 1,
             0x1c => 0x10_0000,
             0x20 => 0x1_0000,
@@ -433,6 +448,17 @@ impl RegisterModel {
                     }
                     self.arg = u32::from_le_bytes(arg);
                 }
+                0x24 | 0x28 => {
+                    let shift = if index * 4 == 0x28 { 32 } else { 0 };
+                    let mut half = ((self.fault_pc >> shift) as u32).to_le_bytes();
+                    for (lane, byte) in bytes.iter().enumerate() {
+                        if let Some(byte) = byte {
+                            half[lane] = *byte;
+                        }
+                    }
+                    let half = u64::from(u32::from_le_bytes(half));
+                    self.fault_pc = self.fault_pc & !(0xffff_ffff << shift) | half << shift;
+                }
                 _ => self.ignored_writes += 1,
             }
         }
@@ -445,6 +471,7 @@ impl RegisterModel {
             0x102 if self.snapshot_exists => Some(SnapshotCommand::Restore),
             0x103 => Some(SnapshotCommand::Crash { code: self.arg }),
             0x104 => Some(SnapshotCommand::Done { code: self.arg }),
+            0x106 => Some(SnapshotCommand::Exception { vector: self.arg }),
             0x102 => None,
             _ => {
                 self.unknown_commands += 1;
@@ -452,6 +479,9 @@ impl RegisterModel {
             }
         };
         self.failed = command.is_none();
+        if command.is_some() {
+            self.fault_pc = 0;
+        }
         command.map_or(DeviceAction::None, DeviceAction::Snapshot)
     }
 }
@@ -476,7 +506,7 @@ fn random_access(rng: &mut TestRng) -> (u64, usize) {
 
 fn random_value(rng: &mut TestRng, len: usize) -> Vec<u8> {
     let word = match rng.next_u64() % 4 {
-        0 => u64::from(0x101 + (rng.next_u64() % 5) as u32),
+        0 => u64::from(0x101 + (rng.next_u64() % 6) as u32),
         _ => u64::from(rng.next_config_value()) | rng.next_u64() << 32,
     };
     (0..len)
