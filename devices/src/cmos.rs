@@ -11,8 +11,9 @@
 //! a wall clock (the host's, UTC) plus a guest-set offset, in BCD or binary and 12- or 24-hour
 //! format as register B says. A guest sets the time the usual way: SET in register B, write the
 //! fields, clear SET; a single field written without SET takes effect at once. The day of week
-//! is always derived from the date. UIP (register A bit 7) always reads 0 and register D reads
-//! 0x80 (valid RAM and time), so readers never wait for an update cycle.
+//! is always derived from the date (the calendar arithmetic is in `cmos/calendar.rs`). UIP
+//! (register A bit 7) always reads 0 and register D reads 0x80 (valid RAM and time), so readers
+//! never wait for an update cycle.
 //!
 //! No interrupt is wired: periodic, alarm and update-ended interrupts are never raised, and
 //! register C always reads 0. Linux's boot does not need them.
@@ -21,12 +22,15 @@
 //! guest therefore reads the current wall-clock time (plus its offset), not the time of the
 //! snapshot: restores do not roll back wall-clock time, just as they do not roll back the host's.
 
+mod calendar;
+
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use snapshot::{Persist, PersistError};
 
+use self::calendar::{from_bcd, to_bcd, DateTime, SECONDS_PER_DAY};
 use crate::{DeviceAction, PioDevice, RestoreInPlace};
 
 /// Index port; the data port follows.
@@ -89,7 +93,6 @@ const REG_MEMORY_ABOVE_16M: usize = 0x34;
 const REG_MEMORY_ABOVE_4G: usize = 0x5b;
 const BASE_MEMORY_KIB: u16 = 640;
 
-const SECONDS_PER_DAY: i64 = 86_400;
 /// The guest may set any time of years 0..=9999 (what the registers can hold); a saved offset
 /// beyond that is corrupt.
 const MAX_CLOCK_OFFSET_SECONDS: i64 = 10_000 * 366 * SECONDS_PER_DAY;
@@ -199,105 +202,6 @@ impl CmosState {
     fn register_b(&self) -> u8 {
         self.ram[usize::from(REG_B)]
     }
-}
-
-/// A broken-down UTC time, as the RTC registers show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DateTime {
-    year: i64,
-    month: u8,
-    day: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
-}
-
-impl DateTime {
-    fn from_unix(seconds: i64) -> Self {
-        let days = seconds.div_euclid(SECONDS_PER_DAY);
-        let of_day = seconds.rem_euclid(SECONDS_PER_DAY);
-        let (year, month, day) = civil_from_days(days);
-        // The remainders are below 86400, 3600 and 60: they fit in u8 after the divisions.
-        DateTime {
-            year,
-            month,
-            day,
-            hour: (of_day / 3600) as u8,
-            minute: (of_day / 60 % 60) as u8,
-            second: (of_day % 60) as u8,
-        }
-    }
-
-    fn to_unix(self) -> i64 {
-        days_from_civil(self.year, self.month, self.day) * SECONDS_PER_DAY
-            + i64::from(self.hour) * 3600
-            + i64::from(self.minute) * 60
-            + i64::from(self.second)
-    }
-
-    /// 1 = Sunday .. 7 = Saturday, as the RTC counts.
-    fn day_of_week(self) -> u8 {
-        // 1970-01-01 was a Thursday (5).
-        ((days_from_civil(self.year, self.month, self.day) + 4).rem_euclid(7) + 1) as u8
-    }
-
-    fn is_valid(self) -> bool {
-        (1..=12).contains(&self.month)
-            && self.day >= 1
-            && self.day <= days_in_month(self.year, self.month)
-            && self.hour < 24
-            && self.minute < 60
-            && self.second < 60
-    }
-}
-
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic Gregorian (H. Hinnant's
-/// algorithm).
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u8;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u8;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The inverse of [`civil_from_days`]; `month` must be 1..=12.
-fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
-    let year = year - i64::from(month <= 2);
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let shifted_month = (i64::from(month) + 9) % 12;
-    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-fn days_in_month(year: i64, month: u8) -> u8 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-fn to_bcd(value: u8) -> u8 {
-    ((value / 10) << 4) | (value % 10)
-}
-
-fn from_bcd(value: u8) -> Option<u8> {
-    let (high, low) = (value >> 4, value & 0xf);
-    (high <= 9 && low <= 9).then_some(high * 10 + low)
 }
 
 /// How register B says the time registers are encoded.
@@ -580,34 +484,6 @@ mod tests {
 
     fn time_registers(device: &mut CmosDevice) -> Vec<u8> {
         TIME_REGISTERS.iter().map(|&r| read(device, r)).collect()
-    }
-
-    #[test]
-    fn calendar_conversions_agree_with_known_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        let time = DateTime::from_unix(NOW);
-        assert_eq!(
-            time,
-            DateTime {
-                year: 2026,
-                month: 11,
-                day: 22,
-                hour: 19,
-                minute: 0,
-                second: 29
-            }
-        );
-        assert_eq!(time.day_of_week(), 1, "a Sunday");
-        assert_eq!(DateTime::from_unix(0).day_of_week(), 5, "a Thursday");
-        // Every day over 800 years round-trips.
-        for days in -200 * 366..600 * 366 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-            assert!(d >= 1 && d <= days_in_month(y, m));
-        }
     }
 
     #[test]
