@@ -723,6 +723,10 @@ fn msrs_from_section(cpu: &CpuSection, phys_bits: u32) -> Vec<MsrEntry> {
         add(msr::IA32_SPEC_CTRL, v);
     }
     add(msr::MTRR_DEF_TYPE, cpu.mtrr_deftype);
+    if cpu.mcg_cap != 0 {
+        // KVM takes MCG_CAP from the host side (it sets the bank count) before the bank MSRs.
+        add(MSR_MCG_CAP, cpu.mcg_cap);
+    }
     add(msr::MCG_STATUS, cpu.mcg_status);
     if cpu.mcg_cap & MCG_CTL_P != 0 {
         add(msr::MCG_CTL, cpu.mcg_ctl);

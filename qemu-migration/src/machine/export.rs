@@ -38,6 +38,9 @@ pub struct ExportParts<'a> {
     pub host_monotonic_ns: i64,
     /// Host wall-clock ns at the same moment (QEMU's RTC runs on it).
     pub host_realtime_ns: i64,
+    /// The stream's virtual clock (QEMU_CLOCK_VIRTUAL ns, the `timer` section); `None` takes the
+    /// guest's kvmclock. An imported machine's `virtual_clock_ns` keeps a QEMU state exact.
+    pub virtual_clock_ns: Option<i64>,
     /// `running`: QEMU starts the guest after loading; else it stays paused until `cont`.
     pub running: bool,
 }
@@ -60,8 +63,11 @@ pub fn export_machine<W: Write>(
     if !blocks.iter().any(|b| b.name == machine.main_ram_block()) {
         return Err(ExportError::NoMainBlock(machine.main_ram_block()));
     }
-    // The stream's virtual clock: the guest's kvmclock (ns since it started).
-    let virtual_now = (vm.clock.clock as i64).max(1);
+    // The stream's virtual clock: by default the guest's kvmclock (ns since it started).
+    let virtual_now = parts
+        .virtual_clock_ns
+        .unwrap_or(vm.clock.clock as i64)
+        .max(1);
 
     let mut sections: Vec<(String, u32, SectionState)> = vec![(
         "timer".into(),
