@@ -430,9 +430,8 @@ impl CpuSection {
         w.u64_array("env.dr", &self.dr);
         w.i32("env.a20_mask", self.a20_mask);
         w.u32("env.mxcsr", self.mxcsr);
-        for xmm in &self.xmm {
-            w.u64_array("xmm", xmm);
-        }
+        // Flat arrays: analyze-migration.py (7.2) rejects an array name that repeats.
+        w.u64_array("env.xmm_regs", &self.xmm.concat());
         w.u64("env.efer", self.efer);
         w.u64("env.star", self.star);
         w.u64("env.lstar", self.lstar);
@@ -454,9 +453,7 @@ impl CpuSection {
         w.u8("env.v_tpr", self.v_tpr);
         w.u64_array("env.mtrr_fixed", &self.mtrr_fixed);
         w.u64("env.mtrr_deftype", self.mtrr_deftype);
-        for pair in &self.mtrr_var {
-            w.u64_array("env.mtrr_var", pair);
-        }
+        w.u64_array("env.mtrr_var", &self.mtrr_var.concat());
         w.i32("env.interrupt_injected", self.interrupt_injected);
         w.u32("env.mp_state", self.mp_state);
         w.u64("env.tsc", self.tsc);
@@ -479,9 +476,7 @@ impl CpuSection {
         w.u64("env.wall_clock_msr", self.wall_clock_msr);
         w.u64("env.xcr0", self.xcr0);
         w.u64("env.xstate_bv", self.xstate_bv);
-        for ymmh in &self.ymmh {
-            w.u64_array("ymmh", ymmh);
-        }
+        w.u64_array("env.ymmh_regs", &self.ymmh.concat());
         write_subsections(w, &self.subsections, SUBSECTIONS);
     }
 
