@@ -53,7 +53,7 @@ impl CheckingSink {
             .find(|b| b.name == block)
             .expect("page of a listed block");
         assert!(
-            offset % 4096 == 0 && offset + 4096 <= b.used_length,
+            offset.is_multiple_of(4096) && offset + 4096 <= b.used_length,
             "page outside its block"
         );
     }
