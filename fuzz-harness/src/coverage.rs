@@ -140,14 +140,37 @@ fn block_is_zero(block: &[u8]) -> bool {
     acc == 0
 }
 
-/// Classifies and records the set bytes of one block, zeroing them in the raw map.
+/// Classifies and records the set bytes of one block, zeroing them in the raw map: word by word,
+/// and within a non-zero word only its non-zero bytes (found from the word's bits).
 #[inline(always)]
 fn take_block(raw: &mut [u8], out: &mut [u8], base: usize, set_entries: &mut Vec<usize>) {
-    for (offset, (raw_byte, out_byte)) in raw.iter_mut().zip(out.iter_mut()).enumerate() {
+    let mut raw_words = raw.chunks_exact_mut(8);
+    let mut out_words = out.chunks_exact_mut(8);
+    let mut word_base = base;
+    for (raw_word, out_word) in (&mut raw_words).zip(&mut out_words) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(raw_word);
+        let mut word = u64::from_le_bytes(bytes);
+        if word != 0 {
+            while word != 0 {
+                let byte = (word.trailing_zeros() / 8) as usize;
+                if let (Some(&count), Some(slot)) = (bytes.get(byte), out_word.get_mut(byte)) {
+                    *slot = BUCKETS[usize::from(count)];
+                    set_entries.push(word_base + byte);
+                }
+                word &= !(0xffu64 << (byte * 8));
+            }
+            raw_word.fill(0);
+        }
+        word_base += 8;
+    }
+    let tail_raw = raw_words.into_remainder();
+    let tail_out = out_words.into_remainder();
+    for (offset, (raw_byte, out_byte)) in tail_raw.iter_mut().zip(tail_out.iter_mut()).enumerate() {
         if *raw_byte != 0 {
             *out_byte = BUCKETS[usize::from(*raw_byte)];
             *raw_byte = 0;
-            set_entries.push(base + offset);
+            set_entries.push(word_base + offset);
         }
     }
 }

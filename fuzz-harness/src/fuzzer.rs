@@ -429,11 +429,13 @@ impl<T: FuzzTarget> Fuzzer<T> {
             });
         }
 
-        while !stopped_early {
-            match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr) {
-                Ok(_) => {}
-                Err(Error::ShuttingDown) => break,
-                Err(e) => return Err(failure_or(&mut executor, e)),
+        if !stopped_early {
+            loop {
+                match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr) {
+                    Ok(_) => {}
+                    Err(Error::ShuttingDown) => break,
+                    Err(e) => return Err(failure_or(&mut executor, e)),
+                }
             }
         }
         if let Some(failure) = executor.take_failure() {
