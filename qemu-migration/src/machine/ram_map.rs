@@ -25,8 +25,9 @@ pub enum RamMapError {
 pub enum Placement {
     /// Guest RAM: block offset ranges at guest-physical addresses.
     Ram(Vec<RamRange>),
-    /// Firmware shown over RAM at `gpa` (microvm's qboot at 0xF0000): written there, and RAM pages
-    /// under it are dropped, as the guest sees the firmware.
+    /// Firmware at `gpa`: microvm's qboot at 0xF0000 (over RAM: the RAM pages under it are
+    /// dropped, as the guest sees the firmware), pc/q35's BIOS just below 4 GiB (outside RAM: the
+    /// VMM maps it, see `firmware_regions`).
     Firmware { gpa: u64 },
     /// Parsed and dropped (firmware and fw_cfg blobs the guest already consumed, see README.md).
     Dropped,
@@ -103,9 +104,15 @@ pub fn place_blocks(
                     gpa: FIRST_MIB - block.used_length,
                 }
             } else if block.name == "pc.bios"
-                || block.name == "pc.rom"
-                || block.name.starts_with("/rom@etc/")
+                && machine != MachineType::Microvm
+                && block.used_length <= FOUR_GIB / 16
             {
+                // The reset alias just below 4 GiB; the low copy at 0xE0000-0xFFFFF is pc.ram
+                // shadowed by the chipset (PAM), so it is in the main block already.
+                Placement::Firmware {
+                    gpa: FOUR_GIB - block.used_length,
+                }
+            } else if block.name == "pc.rom" || block.name.starts_with("/rom@etc/") {
                 Placement::Dropped
             } else {
                 return Err(RamMapError::UnknownBlock(block.name.clone()));
@@ -119,10 +126,43 @@ pub fn place_blocks(
         .collect()
 }
 
+/// Firmware placed outside guest RAM (memory the VMM maps in addition to RAM).
+pub fn firmware_regions(
+    machine: MachineType,
+    placements: &[BlockPlacement],
+) -> Vec<MemoryRegionState> {
+    let ram_bytes = placements
+        .iter()
+        .find(|p| p.block == machine.main_ram_block())
+        .map_or(0, |p| p.len);
+    let ram = guest_regions(machine, ram_bytes);
+    placements
+        .iter()
+        .filter_map(|p| match p.placement {
+            Placement::Firmware { gpa } => Some(MemoryRegionState {
+                guest_phys_addr: gpa,
+                len: p.len,
+            }),
+            _ => None,
+        })
+        .filter(|fw| {
+            !ram.iter().any(|r| {
+                fw.guest_phys_addr >= r.guest_phys_addr
+                    && fw.guest_phys_addr < r.guest_phys_addr + r.len
+            })
+        })
+        .collect()
+}
+
 /// Guest memory addressed by guest-physical address (the VMM's guest RAM).
 pub trait GuestMemory {
-    /// Called once with the regions the stream's main RAM block needs, before any page.
-    fn prepare(&mut self, regions: &[MemoryRegionState]) -> Result<(), RamAccessError>;
+    /// Called once, before any page, with the RAM regions the stream's main block needs and the
+    /// firmware regions outside RAM (e.g. pc's BIOS below 4 GiB; map them read-only or as RAM).
+    fn prepare(
+        &mut self,
+        ram: &[MemoryRegionState],
+        firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError>;
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError>;
     fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError>;
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError>;
@@ -198,7 +238,12 @@ impl RamSink for GuestRamSink<'_> {
             .iter()
             .find(|b| b.name == machine.main_ram_block())
             .map_or(0, |b| b.used_length);
-        self.memory.prepare(&guest_regions(machine, main))
+        let firmware = firmware_regions(machine, &self.placements);
+        let ram = guest_regions(machine, main);
+        // Only firmware windows inside RAM hide RAM pages.
+        self.firmware_windows
+            .retain(|(start, _)| !firmware.iter().any(|f| f.guest_phys_addr == *start));
+        self.memory.prepare(&ram, &firmware)
     }
 
     fn write_page(&mut self, block: &str, offset: u64, data: &[u8]) -> Result<(), RamAccessError> {
@@ -303,9 +348,14 @@ impl VecGuestMemory {
 }
 
 impl GuestMemory for VecGuestMemory {
-    fn prepare(&mut self, regions: &[MemoryRegionState]) -> Result<(), RamAccessError> {
-        self.regions = regions
+    fn prepare(
+        &mut self,
+        ram: &[MemoryRegionState],
+        firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError> {
+        self.regions = ram
             .iter()
+            .chain(firmware)
             .map(|r| {
                 usize::try_from(r.len)
                     .map(|len| (r.guest_phys_addr, vec![0u8; len]))
