@@ -276,6 +276,29 @@ fn resuming_continues_the_queue_and_the_ids() {
     assert_eq!(execs, summary.total_execs);
     assert!(execs >= first_summary.total_execs + 60_000);
     assert_eq!(summary.saved_crashes as usize, crashes_after.len());
+    // Hangs are unique by coverage; the hang history survives the resume.
+    assert_eq!(afl_files(&out.join("default/hangs")).len(), 1);
+}
+
+#[test]
+fn coverage_dedup_survives_a_resume() {
+    let out = scratch_dir("resume-cov");
+    let run = |execs: u64, seed: u64| {
+        let mut config = config(&out);
+        config.dedup = DedupMode::Coverage;
+        config.max_execs = Some(execs);
+        config.seed = Some(seed);
+        let mut target = OutcomeTarget::new();
+        target.same_crash_everywhere = true;
+        Fuzzer::new(config, target).unwrap().run().unwrap();
+        afl_files(&out.join("default/crashes"))
+    };
+    let first = run(80_000, 1);
+    assert!(first.len() > 1);
+    let second = run(80_000, 2);
+    // At most one file per crash coverage (8 of them), however many sessions.
+    assert!(second.len() <= 8, "{second:?}");
+    assert!(second.len() >= first.len());
 }
 
 #[test]
