@@ -305,3 +305,61 @@ fn qemu_loads_an_export_with_serial_and_rtc() {
     let stderr = qemu.quit();
     assert!(!stderr.contains("load of migration failed"), "{stderr}");
 }
+
+#[test]
+fn two_vcpus_round_trip_and_load() {
+    let args: &[&str] = &["-serial", "null", "-smp", "2"];
+    let original = common::capture("microvm", MEM_MIB, 300, args);
+    let (exported, imported) = reencode(&original, false);
+    assert_eq!(imported.vm.vcpus.len(), 2);
+    let parsed = read_stream(
+        &exported[..],
+        &mut DiscardRam::default(),
+        &ReadLimits::default(),
+    )
+    .unwrap();
+    for instance in [0, 1] {
+        let orig = read_stream(
+            &original[..],
+            &mut DiscardRam::default(),
+            &ReadLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            orig.section("apic", instance),
+            parsed.section("apic", instance),
+            "apic {instance}"
+        );
+        let (Some(SectionState::Cpu(a)), Some(SectionState::Cpu(b))) = (
+            orig.section("cpu", instance),
+            parsed.section("cpu", instance),
+        ) else {
+            panic!("cpu {instance}")
+        };
+        assert_eq!(
+            (a.eip, a.mp_state, a.segs),
+            (b.eip, b.mp_state, b.segs),
+            "cpu {instance}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "export.bin", &exported);
+    let incoming = format!("exec:cat {}", path.display());
+    let mut dest: Vec<&str> = args.to_vec();
+    dest.extend(["-incoming", &incoming]);
+    let mut qemu = common::Qemu::start("microvm", MEM_MIB, &dest);
+    let mut status = qemu.status();
+    for _ in 0..200 {
+        if status != "inmigrate" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        status = qemu.status();
+    }
+    assert_eq!(status, "paused");
+    qemu.execute("cont", json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(qemu.status(), "running");
+    let stderr = qemu.quit();
+    assert!(!stderr.contains("load of migration failed"), "{stderr}");
+}
