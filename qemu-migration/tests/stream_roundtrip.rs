@@ -169,3 +169,31 @@ fn header_errors() {
     assert_eq!(parsed.machine, "microvm");
     assert!(parsed.vmdesc.is_none());
 }
+
+#[test]
+fn zeroed_memory_sink_skips_only_untouched_zero_pages() {
+    use qemu_migration::machine::ram_map::{GuestRamSink, VecGuestMemory};
+    let mut records = (0x2000u64 | ram_flags::MEM_SIZE).to_be_bytes().to_vec();
+    records.push(11);
+    records.extend_from_slice(b"microvm.ram");
+    records.extend_from_slice(&0x2000u64.to_be_bytes());
+    // Page 0: data, then zero again (QEMU resends pages that changed); page 1: zero only.
+    records.extend_from_slice(&ram_flags::PAGE.to_be_bytes());
+    records.push(11);
+    records.extend_from_slice(b"microvm.ram");
+    records.extend_from_slice(&[0x55; 4096]);
+    records.extend_from_slice(&(ram_flags::ZERO | ram_flags::CONTINUE).to_be_bytes());
+    records.push(0);
+    records.extend_from_slice(&(0x1000 | ram_flags::ZERO | ram_flags::CONTINUE).to_be_bytes());
+    records.push(0);
+    records.extend_from_slice(&ram_flags::EOS.to_be_bytes());
+    records.extend_from_slice(&[0x7e, 0, 0, 0, 1, 0]);
+    let stream = header_stream(&records);
+    let mut memory = VecGuestMemory::default();
+    let mut sink = GuestRamSink::new(&mut memory).with_zeroed_memory();
+    read_stream(&stream[..], &mut sink, &ReadLimits::default()).unwrap();
+    assert!(
+        memory.regions[0].1.iter().all(|&b| b == 0),
+        "page 0 was zeroed again"
+    );
+}

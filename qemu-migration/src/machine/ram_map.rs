@@ -174,6 +174,9 @@ pub struct GuestRamSink<'a> {
     placements: Vec<BlockPlacement>,
     firmware_windows: Vec<(u64, u64)>,
     machine: Option<MachineType>,
+    /// With zero-filled fresh memory: one bit per main-block page written so far, so a zero page
+    /// needs a write only when an earlier record of the stream put data there.
+    written: Option<Vec<u64>>,
 }
 
 impl<'a> GuestRamSink<'a> {
@@ -183,6 +186,32 @@ impl<'a> GuestRamSink<'a> {
             placements: Vec::new(),
             firmware_windows: Vec::new(),
             machine: None,
+            written: None,
+        }
+    }
+
+    /// The guest memory `prepare` sets up is zero-filled (fresh anonymous memory): zero pages of
+    /// the main block are then not written unless the stream wrote that page before, which keeps
+    /// untouched guest memory unallocated. Costs one bit per page of the declared RAM.
+    pub fn with_zeroed_memory(mut self) -> Self {
+        self.written = Some(Vec::new());
+        self
+    }
+
+    /// Marks a main-block page written; returns whether it had been written before.
+    fn mark_written(&mut self, block: &str, offset: u64) -> bool {
+        let main = self.machine.map(|m| m.main_ram_block());
+        let Some(bits) = self.written.as_mut().filter(|_| main == Some(block)) else {
+            return true;
+        };
+        let page = (offset / PAGE_SIZE as u64) as usize;
+        match bits.get_mut(page / 64) {
+            Some(word) => {
+                let before = *word & (1 << (page % 64)) != 0;
+                *word |= 1 << (page % 64);
+                before
+            }
+            None => true,
         }
     }
 
@@ -240,6 +269,9 @@ impl RamSink for GuestRamSink<'_> {
             .map_or(0, |b| b.used_length);
         let firmware = firmware_regions(machine, &self.placements);
         let ram = guest_regions(machine, main);
+        if let Some(bits) = self.written.as_mut() {
+            *bits = vec![0; (main / PAGE_SIZE as u64).div_ceil(64) as usize];
+        }
         // Only firmware windows inside RAM hide RAM pages.
         self.firmware_windows
             .retain(|(start, _)| !firmware.iter().any(|f| f.guest_phys_addr == *start));
@@ -247,17 +279,22 @@ impl RamSink for GuestRamSink<'_> {
     }
 
     fn write_page(&mut self, block: &str, offset: u64, data: &[u8]) -> Result<(), RamAccessError> {
-        match self.target(block, offset)? {
-            Some(gpa) => self.memory.write(gpa, data),
-            None => Ok(()),
-        }
+        let Some(gpa) = self.target(block, offset)? else {
+            return Ok(());
+        };
+        self.mark_written(block, offset);
+        self.memory.write(gpa, data)
     }
 
     fn fill(&mut self, block: &str, offset: u64, byte: u8) -> Result<(), RamAccessError> {
-        match self.target(block, offset)? {
-            Some(gpa) => self.memory.fill(gpa, PAGE_SIZE, byte),
-            None => Ok(()),
+        let Some(gpa) = self.target(block, offset)? else {
+            return Ok(());
+        };
+        let written_before = self.mark_written(block, offset);
+        if byte == 0 && !written_before {
+            return Ok(());
         }
+        self.memory.fill(gpa, PAGE_SIZE, byte)
     }
 }
 
