@@ -266,3 +266,26 @@ fn microvm_firmware_is_placed_over_ram() {
     );
     assert!(ram[rip..rip + 16].iter().any(|&b| b != 0));
 }
+
+#[test]
+fn tcg_stream_imports_without_kvmclock() {
+    let bytes = common::capture_with_accel("pc", "tcg", 32, 500, &[]);
+    let parsed = read_stream(
+        &bytes[..],
+        &mut qemu_migration::ram::DiscardRam::default(),
+        &ReadLimits::default(),
+    )
+    .expect("TCG stream parses");
+    assert!(parsed.section("kvmclock", 0).is_none());
+    let mut memory = qemu_migration::machine::ram_map::VecGuestMemory::default();
+    let imported = qemu_migration::import_machine(
+        &bytes[..],
+        &mut qemu_migration::machine::ram_map::GuestRamSink::new(&mut memory),
+        &qemu_migration::ImportOptions::default(),
+    )
+    .unwrap();
+    let Some(SectionState::Timer(timer)) = parsed.section("timer", 0) else {
+        panic!()
+    };
+    assert_eq!(imported.vm.clock.clock, timer.cpu_clock_offset as u64);
+}
