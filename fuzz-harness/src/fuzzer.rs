@@ -18,6 +18,7 @@ use std::time::Duration;
 use libafl::corpus::{Corpus, InMemoryOnDiskCorpus};
 use libafl::events::SimpleEventManager;
 use libafl::feedback_or;
+use libafl::feedbacks::MapFeedbackMetadata;
 use libafl::fuzzer::{Evaluator, Fuzzer as _, StdFuzzer};
 use libafl::inputs::BytesInput;
 use libafl::monitors::NopMonitor;
@@ -27,7 +28,7 @@ use libafl::schedulers::powersched::PowerSchedule;
 use libafl::schedulers::{IndexesLenTimeMinimizerScheduler, StdWeightedScheduler};
 use libafl::stages::{CalibrationStage, StdPowerMutationalStage};
 use libafl::state::{HasCorpus, HasMaxSize, StdState};
-use libafl::{Error, HasMetadata, HasObjective};
+use libafl::{Error, HasMetadata, HasNamedMetadata, HasObjective};
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Handled, Merge};
 
@@ -119,6 +120,8 @@ pub enum FuzzError {
     NoCoverageMap,
     #[error("every seed crashes or hangs the target, nothing to fuzz from (see {dir})")]
     NoUsableSeed { dir: PathBuf },
+    #[error("the target wrote no coverage for any seed; is it instrumented?")]
+    NoCoverage,
     #[error("the target failed")]
     Target(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("fuzzing engine: {0}")]
@@ -431,6 +434,13 @@ impl<T: FuzzTarget> Fuzzer<T> {
             return Err(FuzzError::NoUsableSeed {
                 dir: layout.instance.clone(),
             });
+        }
+        // LibAFL's calibration would stop with a less helpful message on the first entry.
+        let covered = state
+            .named_metadata::<MapFeedbackMetadata<u8>>(EDGES_NAME)
+            .map_or(0, |meta| meta.num_covered_map_indexes);
+        if !stopped_early && covered == 0 {
+            return Err(FuzzError::NoCoverage);
         }
 
         if !stopped_early {

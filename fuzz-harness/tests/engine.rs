@@ -453,6 +453,31 @@ fn bad_input_is_a_one_line_typed_error() {
         FuzzError::BadTimeout
     ));
 
+    // Seeds that all crash leave nothing to fuzz from; the crashes are kept.
+    let seeds = base.join("crashing-seeds");
+    fs::create_dir_all(&seeds).unwrap();
+    fs::write(seeds.join("a"), b"E").unwrap();
+    fs::write(seeds.join("b"), b"T").unwrap();
+    let mut crashing = config(&base.join("out5"));
+    crashing.corpus_dirs = vec![seeds];
+    let err = Fuzzer::new(crashing, OutcomeTarget::new())
+        .unwrap()
+        .run()
+        .err()
+        .unwrap();
+    assert!(matches!(err, FuzzError::NoUsableSeed { .. }), "{err}");
+    let crashes = afl_files(&base.join("out5/default/crashes"));
+    assert_eq!(crashes.len(), 2, "{crashes:?}");
+    assert!(crashes[0].contains(",time:") && crashes[0].contains(",orig:a,kind:exception"));
+
+    // A target that writes no coverage.
+    let mut silent = FailingTarget::new(u64::MAX);
+    silent.no_coverage = true;
+    let mut bounded = config(&base.join("out6"));
+    bounded.max_execs = Some(10_000);
+    let err = Fuzzer::new(bounded, silent).unwrap().run().err().unwrap();
+    assert!(matches!(err, FuzzError::NoCoverage), "{err}");
+
     // A VMM failure stops fuzzing with the target's error; it is not a crash.
     let out = base.join("out4");
     let err = Fuzzer::new(config(&out), FailingTarget::new(500))
