@@ -21,6 +21,8 @@ pub struct ReadLimits {
     pub max_vmdesc_len: usize,
     /// Machine name length in the configuration section.
     pub max_machine_name_len: usize,
+    /// Bytes of device section bodies kept in total (the largest real stream, q35, has ~40 KiB).
+    pub max_device_state_bytes: u64,
 }
 
 impl Default for ReadLimits {
@@ -30,6 +32,7 @@ impl Default for ReadLimits {
             max_sections: 4096,
             max_vmdesc_len: 8 << 20,
             max_machine_name_len: 256,
+            max_device_state_bytes: 8 << 20,
         }
     }
 }
@@ -75,6 +78,8 @@ pub enum ReadError {
     BadIdstr(u64),
     #[error("more than {0} device sections")]
     TooManySections(usize),
+    #[error("device sections hold more than {0} bytes")]
+    TooMuchDeviceState(u64),
     #[error("migration command {cmd} (length {len}) is not supported in a file stream")]
     UnsupportedCommand { cmd: u16, len: u16 },
     #[error("the stream ends before EOF")]
@@ -142,6 +147,7 @@ pub fn read_stream<R: Read>(
         vmdesc: None,
     };
     let mut ram_decoder = RamDecoder::default();
+    let mut device_state_bytes = 0u64;
     loop {
         let record_at = wire.offset();
         let kind = match wire.u8() {
@@ -200,6 +206,10 @@ pub fn read_stream<R: Read>(
                             source,
                         },
                     )?;
+                    device_state_bytes += wire.offset() - body_at;
+                    if device_state_bytes > limits.max_device_state_bytes {
+                        return Err(ReadError::TooMuchDeviceState(limits.max_device_state_bytes));
+                    }
                     parsed.sections.push(Section {
                         section_id,
                         idstr: idstr.clone(),

@@ -209,3 +209,18 @@ fn wrong_sizes_are_typed_errors() {
     let err = parse(&renamed).unwrap_err().to_string();
     assert!(err.contains("pcspx"), "{err}");
 }
+
+#[test]
+fn device_state_is_capped() {
+    let (_, bytes) = common::corpus_streams().into_iter().find(|(n, _)| n.starts_with("q35")).unwrap();
+    let limits = ReadLimits {
+        max_device_state_bytes: 4096,
+        ..Default::default()
+    };
+    let mut sink = CheckingSink {
+        blocks: Vec::new(),
+        cap: CAP,
+    };
+    let err = read_stream(&bytes[..], &mut sink, &limits).unwrap_err();
+    assert!(matches!(err, ReadError::TooMuchDeviceState(4096)), "{err}");
+}
