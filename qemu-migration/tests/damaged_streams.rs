@@ -212,7 +212,10 @@ fn wrong_sizes_are_typed_errors() {
 
 #[test]
 fn device_state_is_capped() {
-    let (_, bytes) = common::corpus_streams().into_iter().find(|(n, _)| n.starts_with("q35")).unwrap();
+    let (_, bytes) = common::corpus_streams()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("q35"))
+        .unwrap();
     let limits = ReadLimits {
         max_device_state_bytes: 4096,
         ..Default::default()

@@ -1,0 +1,150 @@
+//! A machine state built from scratch in snapvmm's types (not taken from QEMU): a flat 32-bit
+//! protected-mode guest at CPL0 that prints A..Z on COM1 forever. Exported as microvm, QEMU 7.2
+//! loads it and the guest's output appears on QEMU's serial port.
+
+mod common;
+
+use std::time::Duration;
+
+use devices::serial::SerialDeviceState;
+use kvm_bindings::{kvm_segment, KVM_MP_STATE_RUNNABLE};
+use qemu_migration::machine::irqchip_map;
+use qemu_migration::machine::ram_map::{GuestMemory, GuestRamSource, VecGuestMemory};
+use qemu_migration::sections::{I8259Section, IoapicSection};
+use qemu_migration::{export_machine, ExportParts, MachineType};
+use snapshot::vm_state::{MemoryRegionState, VcpuState, VmState};
+
+const MEM: u64 = 32 << 20;
+const CODE_AT: u64 = 0x1000;
+
+/// mov dx,0x3f8; mov al,'A'; l: out dx,al; inc al; cmp al,'Z'+1; jne l; jmp back to mov al.
+const CODE: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xfe, 0xc0, 0x3c, 0x5b, 0x75, 0xf9, 0xeb, 0xf5,
+];
+
+fn flat(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+fn vcpu() -> VcpuState {
+    let mut vcpu = VcpuState::new(0);
+    vcpu.regs.rip = CODE_AT;
+    vcpu.regs.rflags = 0x2;
+    vcpu.regs.rsp = 0x8000;
+    let data = flat(0x10, 3);
+    vcpu.sregs.cs = flat(0x8, 11);
+    vcpu.sregs.ds = data;
+    vcpu.sregs.es = data;
+    vcpu.sregs.ss = data;
+    vcpu.sregs.fs = data;
+    vcpu.sregs.gs = data;
+    vcpu.sregs.tr = kvm_segment {
+        limit: 0x67,
+        type_: 11,
+        present: 1,
+        ..Default::default()
+    };
+    vcpu.sregs.ldt = kvm_segment {
+        type_: 2,
+        unusable: 1,
+        ..Default::default()
+    };
+    vcpu.sregs.gdt.limit = 0x17;
+    vcpu.sregs.idt.limit = 0x3ff;
+    vcpu.sregs.cr0 = 0x11;
+    vcpu.sregs.apic_base = 0xfee0_0900;
+    // x87 and SSE reset values.
+    vcpu.xsave[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+    vcpu.xsave[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    vcpu.xcrs.nr_xcrs = 1;
+    vcpu.xcrs.xcrs[0].value = 1;
+    // LAPIC after reset: SVR 0xff, every LVT masked, flat destination format.
+    let mut set = |reg: usize, value: u32| {
+        vcpu.lapic[reg * 16..reg * 16 + 4].copy_from_slice(&value.to_le_bytes())
+    };
+    set(0xe, 0xffff_ffff);
+    set(0xf, 0xff);
+    for lvt in 0x32..0x38 {
+        set(lvt, 0x1_0000);
+    }
+    vcpu.mp_state.mp_state = KVM_MP_STATE_RUNNABLE;
+    vcpu.debug_regs.dr6 = 0xffff_0ff0;
+    vcpu.debug_regs.dr7 = 0x400;
+    vcpu
+}
+
+#[test]
+fn a_guest_built_in_our_types_runs_in_qemu() {
+    let vm = VmState {
+        vcpus: vec![vcpu()],
+        pic_master: irqchip_map::i8259_to_kvm(&I8259Section::default(), false),
+        pic_slave: irqchip_map::i8259_to_kvm(&I8259Section::default(), true),
+        ioapic: irqchip_map::ioapic_to_kvm(&IoapicSection::default()),
+        pit: Default::default(),
+        clock: kvm_bindings::kvm_clock_data {
+            clock: 1_000_000_000,
+            ..Default::default()
+        },
+        memory_regions: vec![MemoryRegionState {
+            guest_phys_addr: 0,
+            len: MEM,
+        }],
+        devices: Vec::new(),
+    };
+    let mut memory = VecGuestMemory::default();
+    memory.prepare(&vm.memory_regions, &[]).unwrap();
+    memory.write(CODE_AT, CODE).unwrap();
+    let serial = SerialDeviceState::default();
+    let parts = ExportParts {
+        vm: &vm,
+        serial: Some(&serial),
+        cmos: None,
+        host_monotonic_ns: 0,
+        host_realtime_ns: 0,
+        virtual_clock_ns: None,
+        running: true,
+    };
+    let mut source =
+        GuestRamSource::new(MachineType::Microvm, &vm.memory_regions, &mut memory).unwrap();
+    let stream = export_machine(&parts, &mut source, Vec::new()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "synthetic.bin", &stream);
+    let out = dir.path().join("serial.txt");
+    let serial_arg = format!("file:{}", out.display());
+    let incoming = format!("exec:cat {}", path.display());
+    let mut qemu = common::Qemu::start(
+        "microvm",
+        (MEM >> 20) as u32,
+        &["-serial", &serial_arg, "-incoming", &incoming],
+    );
+    let mut output = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        output = std::fs::read_to_string(&out).unwrap_or_default();
+        if output.len() > 100 {
+            break;
+        }
+    }
+    let status = qemu.status();
+    let stderr = qemu.quit();
+    assert!(
+        output.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZABC"),
+        "guest output {:?} (status {status}); QEMU said: {stderr}",
+        &output[..output.len().min(200)]
+    );
+}
