@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
-use snapvmm_tests::runner::{require_kvm, run_snapvmm, Outcome};
+use snapvmm_tests::runner::{require_kvm, Outcome};
+
+/// The snapvmm binary cargo built for these tests.
+const SNAPVMM: &str = env!("CARGO_BIN_EXE_snapvmm");
+
+fn run_snapvmm(args: &[&str], budget: Duration) -> Outcome {
+    snapvmm_tests::runner::run_snapvmm(SNAPVMM.as_ref(), args, budget)
+}
 
 const BUDGET: Duration = Duration::from_secs(240);
 
