@@ -1,8 +1,11 @@
 //! Builds the bare-metal guest runtime and its test guests from source with the system's
-//! `gcc`, `ld`, `objcopy` and `ar` (see `runtime/README.md`).
+//! `gcc`, `ld`, `objcopy` and `ar`, and the fuzz targets with `clang` (see `runtime/README.md`).
 //!
 //! Outputs in `OUT_DIR`: `<guest>.elf` (64-bit ELF entry, no PVH note), `<guest>-pvh.elf` (the
-//! same program with a PVH note and 32-bit entry), `pvh-hello.elf`, the static Linux programs
+//! same program with a PVH note and 32-bit entry) for every `guests/<guest>.c` and every fuzz
+//! target `fuzz-targets/<guest>.c` (compiled by clang with coverage instrumentation, linked with
+//! the same gcc-built runtime), the guests that do not use the runtime (`foreign/<name>.c` on
+//! their own entry code, `foreign/common/`), `pvh-hello.elf`, the static Linux programs
 //! `linux-programs/<name>.c` -> `<name>` (glibc, `gcc -static`), and `guests.rs`, the lists that
 //! `src/lib.rs` includes.
 
@@ -29,6 +32,8 @@ const USER_SOURCES: &[&str] = &[
     "string.c",
     "heap.c",
     "snapshot.c",
+    "fuzz.c",
+    "coverage.c",
 ];
 /// Kernel symbols the rest of the link may see; every other kernel symbol is made local so that
 /// the kernel's helpers (memcpy, ...) never clash with the user program's.
@@ -56,6 +61,34 @@ const COMMON_CFLAGS: &[&str] = &[
 /// (no SSE/x87), and no red zone because exceptions at CPL0 stay on the same stack.
 const KERNEL_CFLAGS: &[&str] = &["-mgeneral-regs-only", "-mno-red-zone"];
 
+/// Fuzz targets: clang (gcc 12 has no `trace-pc-guard`), the same code model and freestanding
+/// flags as the runtime it links with, and edge coverage whose callbacks are in the runtime
+/// (`runtime/user/coverage.c`). Only the target's own object is instrumented.
+const FUZZ_TARGET_CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-O2",
+    "-g",
+    "-Wall",
+    "-Wextra",
+    "-m64",
+    "-march=x86-64",
+    "-mtune=generic",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-pie",
+    "-fno-common",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-addrsig",
+    "-fsanitize-coverage=trace-pc-guard",
+];
+/// The clang that builds fuzz targets (Debian package `clang`); `CLANG` overrides it.
+const DEFAULT_CLANG: &str = "clang";
+
+/// Sources of the guests that do not use the runtime (`foreign/common/`), compiled with gcc.
+const FOREIGN_COMMON_SOURCES: &[&str] = &["entry.S", "foreign.c"];
+
 #[derive(Debug)]
 struct BuildError(String);
 
@@ -77,6 +110,8 @@ struct Paths {
     /// Headers shared by the runtime and Linux programs (`snapshot_device.h`).
     shared_include: PathBuf,
     guests: PathBuf,
+    fuzz_targets: PathBuf,
+    foreign: PathBuf,
     linux_programs: PathBuf,
     pvh_hello: PathBuf,
     out: PathBuf,
@@ -120,6 +155,8 @@ fn build() -> BuildResult<()> {
         include: manifest_dir.join("runtime/include"),
         shared_include: manifest_dir.join("include"),
         guests: manifest_dir.join("guests"),
+        fuzz_targets: manifest_dir.join("fuzz-targets"),
+        foreign: manifest_dir.join("foreign"),
         linux_programs: manifest_dir.join("linux-programs"),
         pvh_hello: manifest_dir.join("pvh-hello"),
         objects: out.join("obj"),
@@ -130,6 +167,8 @@ fn build() -> BuildResult<()> {
         "runtime",
         "include",
         "guests",
+        "fuzz-targets",
+        "foreign",
         "linux-programs",
         "pvh-hello",
     ] {
@@ -138,6 +177,7 @@ fn build() -> BuildResult<()> {
             manifest_dir.join(watched).display()
         );
     }
+    println!("cargo:rerun-if-env-changed=CLANG");
     fs::create_dir_all(&paths.objects).map_err(|e| io_error("create", &paths.objects, e))?;
 
     let kernel = build_kernel(&paths)?;
@@ -150,6 +190,12 @@ fn build() -> BuildResult<()> {
     let user_library = build_user_library(&paths)?;
     let libgcc = libgcc_path()?;
 
+    let runtime = RuntimeLink {
+        kernel,
+        pvh_entry,
+        user_library,
+        libgcc,
+    };
     let mut built = Vec::new();
     for guest in c_programs(&paths.guests)? {
         let object = compile(
@@ -158,23 +204,19 @@ fn build() -> BuildResult<()> {
             &paths.objects.join(format!("guest-{guest}.o")),
             &[],
         )?;
-        for (entry, suffix) in [(Entry::Elf64, ""), (Entry::Pvh, "-pvh")] {
-            let name = format!("{guest}{suffix}");
-            let script = linker_script(&paths, entry)?;
-            let mut inputs = vec![kernel.clone()];
-            if matches!(entry, Entry::Pvh) {
-                inputs.push(pvh_entry.clone());
-            }
-            inputs.extend([object.clone(), user_library.clone(), libgcc.clone()]);
-            link(
-                "elf_x86_64",
-                &script,
-                &inputs,
-                &paths.out.join(format!("{name}.elf")),
-            )?;
-            built.push(BuiltGuest { name, entry });
-        }
+        link_runtime_guest(&paths, &runtime, &guest, &object, &mut built)?;
     }
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| DEFAULT_CLANG.to_string());
+    for target in c_programs(&paths.fuzz_targets)? {
+        let object = compile_fuzz_target(
+            &paths,
+            &clang,
+            &paths.fuzz_targets.join(format!("{target}.c")),
+            &paths.objects.join(format!("fuzz-{target}.o")),
+        )?;
+        link_runtime_guest(&paths, &runtime, &target, &object, &mut built)?;
+    }
+    build_foreign_guests(&paths, &runtime.libgcc, &mut built)?;
 
     let pvh_hello_object = compile(
         &paths,
@@ -207,6 +249,144 @@ fn build() -> BuildResult<()> {
     }
 
     write_guest_list(&paths.out.join("guests.rs"), &built, &linux_programs)
+}
+
+/// The runtime objects every runtime guest links with.
+struct RuntimeLink {
+    kernel: PathBuf,
+    pvh_entry: PathBuf,
+    user_library: PathBuf,
+    libgcc: PathBuf,
+}
+
+/// Links one program object with the runtime twice: `<name>.elf` (64-bit entry) and
+/// `<name>-pvh.elf` (PVH entry).
+fn link_runtime_guest(
+    paths: &Paths,
+    runtime: &RuntimeLink,
+    name: &str,
+    object: &Path,
+    built: &mut Vec<BuiltGuest>,
+) -> BuildResult<()> {
+    for (entry, suffix) in [(Entry::Elf64, ""), (Entry::Pvh, "-pvh")] {
+        let name = format!("{name}{suffix}");
+        let script = linker_script(paths, entry)?;
+        let mut inputs = vec![runtime.kernel.clone()];
+        if matches!(entry, Entry::Pvh) {
+            inputs.push(runtime.pvh_entry.clone());
+        }
+        inputs.extend([
+            object.to_path_buf(),
+            runtime.user_library.clone(),
+            runtime.libgcc.clone(),
+        ]);
+        link(
+            "elf_x86_64",
+            &script,
+            &inputs,
+            &paths.out.join(format!("{name}.elf")),
+        )?;
+        built.push(BuiltGuest { name, entry });
+    }
+    Ok(())
+}
+
+/// A fuzz target's own code, compiled by clang with edge coverage (`FUZZ_TARGET_CFLAGS`).
+fn compile_fuzz_target(
+    paths: &Paths,
+    clang: &str,
+    source: &Path,
+    object: &Path,
+) -> BuildResult<PathBuf> {
+    let mut command = Command::new(clang);
+    command
+        .args(FUZZ_TARGET_CFLAGS)
+        .arg("-I")
+        .arg(&paths.include)
+        .arg("-I")
+        .arg(&paths.shared_include)
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(object);
+    run(&mut command).map_err(|error| {
+        BuildError(format!(
+            "{error}\n(fuzz targets need clang 14 or later: scripts/ensure-deps.sh installs it)"
+        ))
+    })?;
+    Ok(object.to_path_buf())
+}
+
+/// The guests written as if outside this project (`foreign/`): their own PVH entry, GDT and
+/// page tables (`foreign/common/`), no runtime, PVH entry only. Each `foreign/<name>.c` gives
+/// `<name>.elf` (TR never loaded, as issue 8 describes) and the control variant
+/// `<name>-tss.elf`, identical except that its entry loads a TSS whose I/O bitmap allows every
+/// port.
+fn build_foreign_guests(
+    paths: &Paths,
+    libgcc: &Path,
+    built: &mut Vec<BuiltGuest>,
+) -> BuildResult<()> {
+    let common = paths.foreign.join("common");
+    let mut variants = Vec::new();
+    for (suffix, defines) in [("", &[][..]), ("-tss", &["-DFOREIGN_LOAD_TSS"][..])] {
+        let mut objects = Vec::new();
+        for source in FOREIGN_COMMON_SOURCES {
+            objects.push(compile_foreign(
+                paths,
+                &common.join(source),
+                &paths
+                    .objects
+                    .join(format!("foreign-common{suffix}-{source}.o")),
+                defines,
+            )?);
+        }
+        variants.push((suffix, objects));
+    }
+    for guest in c_programs(&paths.foreign)? {
+        let object = compile_foreign(
+            paths,
+            &paths.foreign.join(format!("{guest}.c")),
+            &paths.objects.join(format!("foreign-{guest}.o")),
+            &[],
+        )?;
+        for (suffix, common_objects) in &variants {
+            let name = format!("{guest}{suffix}");
+            let mut inputs = common_objects.clone();
+            inputs.extend([object.clone(), libgcc.to_path_buf()]);
+            link(
+                "elf_x86_64",
+                &common.join("foreign.ld"),
+                &inputs,
+                &paths.out.join(format!("{name}.elf")),
+            )?;
+            built.push(BuiltGuest {
+                name,
+                entry: Entry::Pvh,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn compile_foreign(
+    paths: &Paths,
+    source: &Path,
+    object: &Path,
+    defines: &[&str],
+) -> BuildResult<PathBuf> {
+    let mut command = Command::new("gcc");
+    command
+        .args(COMMON_CFLAGS)
+        .args(defines)
+        .arg("-I")
+        .arg(paths.foreign.join("common"))
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(object);
+    run(&mut command)?;
+    Ok(object.to_path_buf())
 }
 
 fn env_var(name: &str) -> BuildResult<String> {

@@ -7,9 +7,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 missing=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-for pkg in libclang-dev gcc binutils; do have_pkg "$pkg" || missing+=("$pkg"); done
+# clang: guest-tools' build.rs compiles the fuzz targets with it (-fsanitize-coverage=trace-pc-guard).
+for pkg in libclang-dev gcc binutils clang; do have_pkg "$pkg" || missing+=("$pkg"); done
 if [ "$what" = test ]; then
-  for pkg in cpio xz-utils zstd file busybox-static; do have_pkg "$pkg" || missing+=("$pkg"); done
+  # afl++: the native baseline the fuzzing benchmark compares snapvmm with.
+  for pkg in cpio xz-utils zstd file busybox-static afl++; do have_pkg "$pkg" || missing+=("$pkg"); done
 fi
 
 apt_updated=0

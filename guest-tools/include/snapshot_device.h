@@ -43,6 +43,9 @@
 #define SNAPSHOT_REG_ABI_VERSION 0x18u   /* R: SNAPSHOT_ABI_VERSION */
 #define SNAPSHOT_REG_INPUT_SIZE 0x1cu    /* R, snapvmm extension: size of BAR2 in bytes */
 #define SNAPSHOT_REG_COVERAGE_SIZE 0x20u /* R, snapvmm extension: size of BAR4 in bytes */
+#define SNAPSHOT_REG_FAULT_PC_LO 0x24u   /* R/W, snapvmm extension: address the next CRASH or
+                                          * EXCEPTION is attributed to, low half (consumed by it) */
+#define SNAPSHOT_REG_FAULT_PC_HI 0x28u   /* R/W, snapvmm extension: high half */
 
 /* What MAGIC reads: "SNAP" as a big-endian word (the bytes in memory are "PANS"). */
 #define SNAPSHOT_MAGIC 0x534e4150u
@@ -61,6 +64,10 @@
 /* snapvmm extension: the run ended normally (ARG = result): a harness takes the coverage, puts
  * the next input in BAR2 and restores; plain `snapvmm run` restores. */
 #define SNAPSHOT_CMD_DONE 0x104u
+/* snapvmm extension: the guest's runtime caught a CPU exception of the target (ARG = vector
+ * 0..31, FAULT_PC = faulting instruction): a harness records a crash of kind `exception` and
+ * restores; plain `snapvmm run` stops the VM. (0x105 is deliberately undefined.) */
+#define SNAPSHOT_CMD_EXCEPTION 0x106u
 
 /* ---- STATUS bits */
 #define SNAPSHOT_STATUS_SNAPSHOT_EXISTS 0x1u

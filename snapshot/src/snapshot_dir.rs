@@ -13,22 +13,37 @@
 //!
 //! Saving is atomic: everything is written and fsynced in a temporary sibling directory, which then
 //! replaces the target with one `renameat2(RENAME_EXCHANGE)`. A save that fails leaves the previous
-//! snapshot untouched.
+//! snapshot untouched. A save only ever replaces what is recognisably a snapshot (`save_target`),
+//! deletes only the files it wrote, and clears temporaries of processes that died mid-save
+//! (`temp_dirs`).
+//!
+//! Loading opens regular files only, without blocking (`crate::host_file`), checks every declared
+//! length against the caps and the files' real lengths before reading anything large, and checksums
+//! memory by its data extents (`memory_checksum`).
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::ram_layout::PAGE_SIZE;
+use crate::host_file::{self, HostFileError};
 use crate::snapshot_memory::{FileMapping, SnapshotMemory};
+
+mod header;
+mod memory_checksum;
+mod save_target;
+mod temp_dirs;
+
+use header::{check_limits, Header};
+pub use header::{parse_state_file, ParsedStateFile};
+pub use save_target::check_save_target;
+use save_target::{check_replaceable, split_target};
 
 pub const STATE_FILE: &str = "state.bin";
 pub const MEMORY_FILE: &str = "memory.raw";
@@ -40,6 +55,8 @@ pub const HEADER_LEN: usize = 64;
 pub const MAX_STATE_LEN: u64 = 64 << 20;
 /// Upper bound for guest RAM in a snapshot.
 pub const MAX_MEMORY_LEN: u64 = 1 << 40;
+/// Upper bound for the whole state file.
+pub const MAX_STATE_FILE_LEN: u64 = HEADER_LEN as u64 + MAX_STATE_LEN;
 
 /// How the state payload is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +136,18 @@ pub enum SnapshotDirError {
     Decode(#[source] postcard::Error),
     #[error("{path} exists and is not a snapshot directory")]
     NotADirectory { path: PathBuf },
+    #[error("{path} is not a snapvmm snapshot, refusing to replace it: {why}")]
+    NotASnapshot { path: PathBuf, why: String },
+    #[error("{path} is longer than the snapshot declares: {actual} bytes, not {declared}")]
+    MemoryTooLong {
+        path: PathBuf,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("the state payload has {extra} bytes after the encoded state")]
+    TrailingPayload { extra: usize },
+    #[error(transparent)]
+    HostFile(#[from] HostFileError),
     #[error("snapshot path {0} has no parent directory or file name")]
     BadPath(PathBuf),
 }
@@ -169,147 +198,22 @@ impl MemoryImage for SnapshotMemory {
         let len = SnapshotMemory::len(self) as u64;
         let mut pos = 0u64;
         while pos < len {
-            let data = seek(self.file(), pos, libc::SEEK_DATA)?
-                .unwrap_or(len)
-                .min(len);
-            hash_zeros(checksum, data - pos);
-            if data >= len {
+            let Some((data, hole)) = memory_checksum::next_data_extent(self.file(), pos, len)?
+            else {
                 break;
-            }
-            let hole = seek(self.file(), data, libc::SEEK_HOLE)?
-                .unwrap_or(len)
-                .min(len);
-            let bytes = &self.as_slice()[data as usize..hole as usize];
+            };
+            memory_checksum::hash_zeros(checksum, data - pos);
+            let bytes = self
+                .as_slice()
+                .get(data as usize..hole as usize)
+                .ok_or_else(|| io::Error::other("data extent beyond the snapshot memory"))?;
             checksum.update(bytes);
             out.write_all_at(bytes, data)?;
             pos = hole;
         }
+        memory_checksum::hash_zeros(checksum, len - pos);
         Ok(())
     }
-}
-
-fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    use std::os::fd::AsRawFd;
-    let from = libc::off_t::try_from(from).map_err(io::Error::other)?;
-    // SAFETY: lseek on a descriptor owned by `file`; no memory is passed.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
-    if pos < 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(Some(pos as u64))
-}
-
-fn hash_zeros(checksum: &mut crc32fast::Hasher, mut len: u64) {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    while len > 0 {
-        let chunk = len.min(ZEROS.len() as u64) as usize;
-        checksum.update(&ZEROS[..chunk]);
-        len -= chunk as u64;
-    }
-}
-
-/// The fixed-size header at the start of `state.bin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Header {
-    kind: PayloadKind,
-    state_len: u64,
-    memory_len: u64,
-    state_crc: u32,
-    memory_crc: u32,
-}
-
-impl Header {
-    fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut bytes = [0u8; HEADER_LEN];
-        bytes[0..8].copy_from_slice(&MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        bytes[16..20].copy_from_slice(&self.kind.to_wire().to_le_bytes());
-        bytes[24..32].copy_from_slice(&self.state_len.to_le_bytes());
-        bytes[32..40].copy_from_slice(&self.memory_len.to_le_bytes());
-        bytes[40..44].copy_from_slice(&self.state_crc.to_le_bytes());
-        bytes[44..48].copy_from_slice(&self.memory_crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&bytes[..60]);
-        bytes[60..64].copy_from_slice(&header_crc.to_le_bytes());
-        bytes
-    }
-
-    fn decode(bytes: &[u8; HEADER_LEN], path: &Path) -> Result<Header, SnapshotDirError> {
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
-        let bad = |why: String| SnapshotDirError::BadHeader {
-            path: path.to_path_buf(),
-            why,
-        };
-        if bytes[0..8] != MAGIC {
-            return Err(SnapshotDirError::BadMagic {
-                path: path.to_path_buf(),
-            });
-        }
-        // The version is checked before the checksum so a newer format is reported as such.
-        let version = u32_at(8);
-        if version != FORMAT_VERSION {
-            return Err(SnapshotDirError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-            });
-        }
-        let stored = u32_at(60);
-        let computed = crc32fast::hash(&bytes[..60]);
-        if stored != computed {
-            return Err(SnapshotDirError::Checksum {
-                path: path.to_path_buf(),
-                what: "header",
-                stored,
-                computed,
-            });
-        }
-        if u32_at(12) as usize != HEADER_LEN {
-            return Err(bad(format!(
-                "header length {} (expected {HEADER_LEN})",
-                u32_at(12)
-            )));
-        }
-        let kind = PayloadKind::from_wire(u32_at(16))
-            .ok_or_else(|| bad(format!("unknown payload kind {}", u32_at(16))))?;
-        let header = Header {
-            kind,
-            state_len: u64_at(24),
-            memory_len: u64_at(32),
-            state_crc: u32_at(40),
-            memory_crc: u32_at(44),
-        };
-        check_limits(header.state_len, header.memory_len)?;
-        Ok(header)
-    }
-}
-
-fn check_limits(state_len: u64, memory_len: u64) -> Result<(), SnapshotDirError> {
-    if state_len > MAX_STATE_LEN {
-        return Err(SnapshotDirError::TooLarge {
-            what: "state",
-            len: state_len,
-            limit: MAX_STATE_LEN,
-        });
-    }
-    if memory_len > MAX_MEMORY_LEN {
-        return Err(SnapshotDirError::TooLarge {
-            what: "memory",
-            len: memory_len,
-            limit: MAX_MEMORY_LEN,
-        });
-    }
-    if memory_len & (PAGE_SIZE as u64 - 1) != 0 {
-        return Err(SnapshotDirError::MisalignedMemory(memory_len));
-    }
-    Ok(())
 }
 
 /// Writes a snapshot of `state` (encoded with postcard) and `memory` to `dir`, atomically.
@@ -337,36 +241,17 @@ fn save_snapshot_payload<M: MemoryImage + ?Sized>(
     payload: &[u8],
     memory: &M,
 ) -> Result<(), SnapshotDirError> {
-    check_limits(payload.len() as u64, memory.len())?;
-    let (parent, name) = match (dir.parent(), dir.file_name()) {
-        (Some(parent), Some(name)) => (
-            if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            },
-            name,
-        ),
-        _ => return Err(SnapshotDirError::BadPath(dir.to_path_buf())),
-    };
-    if dir.exists() && !dir.is_dir() {
-        return Err(SnapshotDirError::NotADirectory {
-            path: dir.to_path_buf(),
-        });
-    }
-    static SAVES: AtomicU64 = AtomicU64::new(0);
-    let temp = parent.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        SAVES.fetch_add(1, Ordering::Relaxed)
-    ));
+    check_limits(payload.len() as u64, memory.len(), MAX_MEMORY_LEN)?;
+    let (parent, name) = split_target(dir)?;
+    check_replaceable(dir)?;
+    temp_dirs::remove_stale_temps(parent, name)?;
+    let temp = temp_dirs::new_temp_path(parent, name);
     fs::create_dir(&temp).map_err(io_error("creating", &temp))?;
-    let result =
-        write_contents(&temp, kind, payload, memory).and_then(|()| replace_dir(&temp, dir, parent));
-    if result.is_err() {
+    let result = write_contents(&temp, kind, payload, memory)
+        .and_then(|()| replace_dir(&temp, dir, parent, name));
+    if result.is_err() && temp.exists() {
         // Best effort: the temporary directory holds nothing anyone needs.
-        let _ = fs::remove_dir_all(&temp);
+        let _ = temp_dirs::remove_snapshot_dir(&temp);
     }
     result
 }
@@ -425,26 +310,34 @@ fn sync_dir(path: &Path) -> Result<(), SnapshotDirError> {
         .map_err(io_error("syncing directory", path))
 }
 
-/// Puts the complete `temp` directory at `target`, then removes what was there before.
-fn replace_dir(temp: &Path, target: &Path, parent: &Path) -> Result<(), SnapshotDirError> {
-    let exists = target.exists();
+/// Puts the complete `temp` directory at `target`, then removes the previous snapshot (its files
+/// only: something that appeared in it since it was checked is kept).
+fn replace_dir(
+    temp: &Path,
+    target: &Path,
+    parent: &Path,
+    name: &OsStr,
+) -> Result<(), SnapshotDirError> {
+    let exists = fs::symlink_metadata(target).is_ok();
     let flags = if exists {
         libc::RENAME_EXCHANGE
     } else {
         libc::RENAME_NOREPLACE
     };
-    match rename2(temp, target, flags) {
-        Ok(()) => {}
+    let previous = match rename2(temp, target, flags) {
+        Ok(()) if exists => Some(temp.to_path_buf()),
+        Ok(()) => None,
         // Filesystems without renameat2 flags: move the old snapshot aside first. A crash between
-        // the two renames leaves it in the `.old` sibling, never half-written.
+        // the two renames leaves it in a temporary sibling, never half-written.
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) && exists => {
-            let aside = temp.with_extension("old");
+            let aside = temp_dirs::new_temp_path(parent, name);
             fs::rename(target, &aside).map_err(io_error("moving aside", target))?;
             fs::rename(temp, target).map_err(io_error("renaming into place", target))?;
-            fs::rename(&aside, temp).map_err(io_error("renaming", &aside))?;
+            Some(aside)
         }
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
             fs::rename(temp, target).map_err(io_error("renaming into place", target))?;
+            None
         }
         Err(source) => {
             return Err(SnapshotDirError::Io {
@@ -453,13 +346,12 @@ fn replace_dir(temp: &Path, target: &Path, parent: &Path) -> Result<(), Snapshot
                 source,
             })
         }
-    }
+    };
     sync_dir(parent)?;
-    if exists {
-        // `temp` now holds the previous snapshot.
-        fs::remove_dir_all(temp).map_err(io_error("removing the previous snapshot", temp))?;
+    match previous {
+        Some(previous) => temp_dirs::remove_snapshot_dir(&previous),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
@@ -492,60 +384,54 @@ pub struct LoadedSnapshot {
 }
 
 impl LoadedSnapshot {
+    /// Opens a snapshot whose memory may be as large as the format allows ([`MAX_MEMORY_LEN`]).
+    /// Callers that know their RAM cap should use [`LoadedSnapshot::open_with_memory_limit`].
     pub fn open(dir: &Path) -> Result<LoadedSnapshot, SnapshotDirError> {
+        Self::open_with_memory_limit(dir, MAX_MEMORY_LEN)
+    }
+
+    /// Opens a snapshot, refusing one whose header declares more than `max_memory_len` bytes of
+    /// RAM before anything large is read. Only regular files are opened (a FIFO, a directory or a
+    /// device is an error, and nothing blocks), and every declared length is checked against the
+    /// files' real lengths.
+    pub fn open_with_memory_limit(
+        dir: &Path,
+        max_memory_len: u64,
+    ) -> Result<LoadedSnapshot, SnapshotDirError> {
         let state_path = dir.join(STATE_FILE);
-        let mut state_file = File::open(&state_path).map_err(io_error("opening", &state_path))?;
-        let file_len = state_file
-            .metadata()
-            .map_err(io_error("reading metadata of", &state_path))?
-            .len();
-        let truncated = |what, needed| SnapshotDirError::Truncated {
-            path: state_path.clone(),
-            what,
-            needed,
-            actual: file_len,
-        };
-        if file_len < HEADER_LEN as u64 {
-            return Err(truncated("the header", HEADER_LEN as u64));
-        }
-        let mut header_bytes = [0u8; HEADER_LEN];
-        state_file
-            .read_exact(&mut header_bytes)
-            .map_err(io_error("reading", &state_path))?;
-        let header = Header::decode(&header_bytes, &state_path)?;
-        let needed = HEADER_LEN as u64 + header.state_len;
-        if file_len < needed {
-            return Err(truncated("the state payload", needed));
-        }
-        if file_len > needed {
-            return Err(SnapshotDirError::TrailingBytes { path: state_path });
-        }
-        // `state_len` is capped by `Header::decode`, so this allocation is bounded.
-        let mut payload = vec![0u8; header.state_len as usize];
-        state_file
-            .read_exact(&mut payload)
-            .map_err(io_error("reading", &state_path))?;
-        let computed = crc32fast::hash(&payload);
-        if computed != header.state_crc {
-            return Err(SnapshotDirError::Checksum {
-                path: state_path,
-                what: "state",
-                stored: header.state_crc,
-                computed,
-            });
-        }
+        let (state_file, reported) =
+            host_file::open_regular_capped(&state_path, "snapshot state", MAX_STATE_FILE_LEN)
+                .map_err(too_large_state)?;
+        let state_bytes = host_file::read_to_end_capped(
+            state_file,
+            &state_path,
+            "snapshot state",
+            MAX_STATE_FILE_LEN,
+            reported,
+        )
+        .map_err(too_large_state)?;
+        let parsed = parse_state_file(&state_bytes, &state_path, max_memory_len)?;
+        let header = parsed.header;
+        let payload = parsed.payload().to_vec();
 
         let memory_path = dir.join(MEMORY_FILE);
-        let memory = File::open(&memory_path).map_err(io_error("opening", &memory_path))?;
+        let memory = host_file::open_regular(&memory_path, "snapshot memory")?;
         let memory_len = memory
             .metadata()
             .map_err(io_error("reading metadata of", &memory_path))?
             .len();
-        if memory_len != header.memory_len {
+        if memory_len < header.memory_len {
             return Err(SnapshotDirError::Truncated {
                 path: memory_path,
                 what: "the memory image",
                 needed: header.memory_len,
+                actual: memory_len,
+            });
+        }
+        if memory_len > header.memory_len {
+            return Err(SnapshotDirError::MemoryTooLong {
+                path: memory_path,
+                declared: header.memory_len,
                 actual: memory_len,
             });
         }
@@ -566,7 +452,7 @@ impl LoadedSnapshot {
         &self.payload
     }
 
-    /// Decodes a state saved with `save_snapshot`.
+    /// Decodes a state saved with `save_snapshot`; bytes left over after the value are an error.
     pub fn decode_state<S: DeserializeOwned>(&self) -> Result<S, SnapshotDirError> {
         if self.header.kind != PayloadKind::Postcard {
             return Err(SnapshotDirError::WrongPayloadKind {
@@ -574,7 +460,7 @@ impl LoadedSnapshot {
                 found: self.header.kind,
             });
         }
-        postcard::from_bytes(&self.payload).map_err(SnapshotDirError::Decode)
+        decode_postcard(&self.payload)
     }
 
     pub fn memory_len(&self) -> u64 {
@@ -603,21 +489,12 @@ impl LoadedSnapshot {
         .map_err(io_error("mapping", &self.dir.join(MEMORY_FILE)))
     }
 
-    /// Reads the whole memory image and checks its checksum.
+    /// Checks the memory image's checksum, reading only its data extents (holes count as zeros
+    /// without being read, so a sparse image costs what it holds, not what it declares).
     pub fn verify_memory(&self) -> Result<(), SnapshotDirError> {
         let path = self.dir.join(MEMORY_FILE);
-        let mut checksum = crc32fast::Hasher::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut offset = 0u64;
-        while offset < self.header.memory_len {
-            let chunk = (self.header.memory_len - offset).min(buffer.len() as u64) as usize;
-            self.memory
-                .read_exact_at(&mut buffer[..chunk], offset)
-                .map_err(io_error("reading", &path))?;
-            checksum.update(&buffer[..chunk]);
-            offset += chunk as u64;
-        }
-        let computed = checksum.finalize();
+        let computed = memory_checksum::checksum_file(&self.memory, self.header.memory_len)
+            .map_err(io_error("reading", &path))?;
         if computed != self.header.memory_crc {
             return Err(SnapshotDirError::Checksum {
                 path,
@@ -630,5 +507,29 @@ impl LoadedSnapshot {
     }
 }
 
+/// Decodes a postcard payload that must hold exactly one `S`.
+pub fn decode_postcard<S: DeserializeOwned>(payload: &[u8]) -> Result<S, SnapshotDirError> {
+    let (value, rest) = postcard::take_from_bytes(payload).map_err(SnapshotDirError::Decode)?;
+    if !rest.is_empty() {
+        return Err(SnapshotDirError::TrailingPayload { extra: rest.len() });
+    }
+    Ok(value)
+}
+
+/// A state file longer than the format allows is reported as a state too large, whatever its
+/// header says.
+fn too_large_state(err: HostFileError) -> SnapshotDirError {
+    match err {
+        HostFileError::TooLarge { limit, .. } => SnapshotDirError::TooLarge {
+            what: "state file",
+            len: limit.saturating_add(1),
+            limit,
+        },
+        other => SnapshotDirError::HostFile(other),
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests.
 
 pub mod lane;
+pub mod lane_support;
 pub mod runner;

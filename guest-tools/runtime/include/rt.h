@@ -118,6 +118,33 @@ uint32_t rt_crash(uint32_t code);
 /* DONE (ARG is left as it is): a harness collects the coverage, loads the next input and
  * restores; `snapvmm run` restores. Returns (with STATUS) only if that failed. */
 uint32_t rt_done(void);
+/* Whether rt_snapshot_open() has succeeded. */
+bool rt_snapshot_is_open(void);
+
+/* ---- fuzz targets (runtime/README.md, "Fuzz targets"). A target is
+ *     int main(void) { for (;;) { size_t n; const uint8_t *d = rt_fuzz_input(&n);
+ *                                 parse(d, n); rt_fuzz_done(0); } }
+ * or, without a loop of its own, `int main(void) { rt_fuzz_run(test_one_input); }`.
+ * Build it as a fuzz target (fuzz-targets/, clang with coverage) so that its edges reach BAR4. */
+/* The input of this run (BAR2) and its length (INPUT_LEN, capped to BAR2's size). The first call
+ * opens the device (aborting with a message if it cannot), turns on exception reporting and
+ * SAVEs: that is the snapshot point, every run starts inside this call. Costs one VM exit per
+ * run (the INPUT_LEN read). */
+const uint8_t *rt_fuzz_input(size_t *length);
+/* Whether rt_fuzz_input has taken the snapshot (true in every run). */
+bool rt_fuzz_running(void);
+/* The target found a bug: FAULT_PC = the caller's return address, ARG = code, CRASH. A harness
+ * records the input and restores; plain `snapvmm run` stops with status 71. Never returns (if
+ * the VMM ignored the CRASH: message and exit RT_EXIT_ABORT). */
+RT_NORETURN void rt_fuzz_crash(uint32_t code);
+/* The run ended normally: ARG = code (written only when non-zero), DONE. A harness collects the
+ * coverage and restores with the next input; plain `snapvmm run` restores. Never returns. */
+RT_NORETURN void rt_fuzz_done(uint32_t code);
+/* libFuzzer style: for ever, test_one_input(rt_fuzz_input) then rt_fuzz_done(its result). */
+RT_NORETURN void rt_fuzz_run(int (*test_one_input)(const uint8_t *data, size_t size));
+/* The map the coverage callbacks write (BAR4, or a 4 KiB fallback without the device), its size,
+ * and how many guards the instrumented code has. */
+volatile uint8_t *rt_coverage_map(size_t *size, size_t *guards);
 
 /* ---- kernel services (int3 with RAX = RT_SYS_MAGIC + number, see rt_abi.h) */
 static inline uint64_t rt_syscall(uint64_t number, uint64_t arg0, uint64_t arg1)
@@ -144,6 +171,19 @@ static inline uint64_t rt_sys_set_pde(uint64_t va, uint64_t pde)
 static inline uint64_t rt_sys_invlpg(uint64_t va)
 {
     return rt_syscall(RT_SYS_INVLPG, va, 0);
+}
+/* Tell the kernel to report this program's CPU exceptions to the snapshot device once a snapshot
+ * exists (rt_fuzz_input does this). */
+static inline void rt_sys_fuzz_reporting(void)
+{
+    rt_syscall(RT_SYS_FUZZ_REPORTING, 0, 0);
+}
+/* Triple-faults the VM on purpose (an empty IDT, then #UD at CPL0), for tests of what a VMM or
+ * a harness does with a guest that dies that way. Never returns. */
+static inline RT_NORETURN void rt_sys_triple_fault(void)
+{
+    rt_syscall(RT_SYS_TRIPLE_FAULT, 0, 0);
+    __builtin_unreachable();
 }
 /* A leaf or table entry for the window: present, writable, user, accessed, dirty. */
 static inline uint64_t rt_pte_for(uint64_t physical)

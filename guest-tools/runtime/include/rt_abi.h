@@ -65,7 +65,10 @@
 #define RT_SYS_SET_PTE 1   /* RDI = va in the window's first 2 MiB, RSI = new 4 KiB PTE: old PTE */
 #define RT_SYS_SET_PDE 2   /* RDI = va in the window, RSI = new PD entry, then CR3 reload: old PDE */
 #define RT_SYS_INVLPG 3    /* RDI = va in the window: invlpg, returns 0 */
-#define RT_SYS_COUNT 4
+#define RT_SYS_FUZZ_REPORTING 4 /* from now on a user exception is reported to the snapshot
+                                 * device (EXCEPTION) while a snapshot exists: returns 0 */
+#define RT_SYS_TRIPLE_FAULT 5   /* loads an empty IDT and raises #UD at CPL0: never returns */
+#define RT_SYS_COUNT 6
 #define RT_SYS_ERROR (-1)  /* (all ones in RAX) va outside the window, or no window */
 
 /* The page-table test window: virtual addresses whose translation a program may change through

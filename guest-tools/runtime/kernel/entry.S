@@ -101,6 +101,10 @@ service_entry:
         je set_pde
         cmp $RT_SYS_INVLPG, %rcx
         je invalidate_page
+        cmp $RT_SYS_FUZZ_REPORTING, %rcx
+        je fuzz_reporting_on
+        cmp $RT_SYS_TRIPLE_FAULT, %rcx
+        je triple_fault
         cmp $RT_SYS_NOP, %rcx
         jne breakpoint
         xor %eax, %eax
@@ -160,6 +164,26 @@ service_error:
         pop %rcx
         iretq
 
+/* From now on kernel_exception reports user exceptions to the snapshot device (fault.c). */
+fuzz_reporting_on:
+        movl $1, fuzz_reporting(%rip)
+        xor %eax, %eax
+        pop %rcx
+        iretq
+
+/* A deliberate triple fault, for tests of the harness: with an empty IDT the #UD cannot be
+ * delivered (#GP), nor can that (#DF), and the CPU shuts down. */
+triple_fault:
+        lidt empty_idtr(%rip)
+        ud2
+
+        .section .rodata
+        .balign 16
+empty_idtr:
+        .word 0
+        .quad 0
+        .section .text
+
 /* 32 exception stubs, 16 bytes apart: push a dummy error code where the CPU pushes none, then
  * the vector. */
         .balign 16
@@ -202,6 +226,10 @@ exception_common:
         jmp 1b
 
         .section .bss
+        .balign 4
+        .globl fuzz_reporting
+fuzz_reporting:
+        .long 0
         .balign 16
 boot_stack:
         .skip 16384

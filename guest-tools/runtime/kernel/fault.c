@@ -1,8 +1,12 @@
 /* fault.c - report a CPU exception on COM1 and stop the VM through the debug-exit port.
  *
  * User-mode exceptions exit with RT_EXIT_USER_EXCEPTION + vector; exceptions in the kernel
- * itself, and interrupts that nothing here should ever receive, with RT_EXIT_KERNEL_FAULT. */
+ * itself, and interrupts that nothing here should ever receive, with RT_EXIT_KERNEL_FAULT.
+ * In a fuzz run (the program asked for RT_SYS_FUZZ_REPORTING and a snapshot exists) a user
+ * exception goes to the snapshot device instead, silently: EXCEPTION with ARG = vector and
+ * FAULT_PC = the faulting RIP, and the VMM (harness) restores the snapshot. */
 #include "kernel.h"
+#include "snapshot_device.h"
 
 static const char *const vector_names[32] = {
     "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range",
@@ -36,20 +40,50 @@ static void put_page_fault_cause(uint64_t error)
     kputc(')');
 }
 
+/* BAR0 of the snapshot device as the kernel's PCI scan found and mapped it, or NULL. */
+static volatile void *snapshot_registers(void)
+{
+    const struct rt_boot_info *bi = &rt_boot_info_page;
+    for (uint32_t i = 0; i < bi->pci_count && i < RT_MAX_PCI_FUNCTIONS; i++) {
+        const struct rt_pci_function *function = &bi->pci[i];
+        const struct rt_pci_bar *bar = &function->bars[SNAPSHOT_BAR_REGISTERS];
+        if (function->vendor_id == SNAPSHOT_DEVICE_VENDOR_ID && function->device_id == SNAPSHOT_DEVICE_DEVICE_ID &&
+            (bar->flags & RT_BAR_MAPPED))
+            return (volatile void *)(uintptr_t)bar->addr;
+    }
+    return NULL;
+}
+
+/* EXCEPTION to the snapshot device. Returns only if nothing restored the VM (no snapshot yet, or a
+ * VMM that does not know the command): then the exception is reported as outside a fuzz run. */
+static void report_to_snapshot_device(const struct exception_frame *f, uint32_t vector)
+{
+    volatile void *regs = snapshot_registers();
+    if (!regs || !(snapshot_reg_read(regs, SNAPSHOT_REG_STATUS) & SNAPSHOT_STATUS_SNAPSHOT_EXISTS))
+        return;
+    snapshot_reg_write(regs, SNAPSHOT_REG_FAULT_PC_LO, (uint32_t)f->rip);
+    snapshot_reg_write(regs, SNAPSHOT_REG_FAULT_PC_HI, (uint32_t)(f->rip >> 32));
+    snapshot_reg_write(regs, SNAPSHOT_REG_ARG, vector);
+    snapshot_command(regs, SNAPSHOT_CMD_EXCEPTION);
+}
+
 NORETURN void kernel_exception(struct exception_frame *f)
 {
     if (handling_exception)
         kexit(RT_EXIT_KERNEL_FAULT);
     handling_exception = 1;
 
-    uint64_t cr2;
-    __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
     uint64_t vector = f->vector & 31;
     bool from_user = (f->cs & 3) == 3;
     /* #GP with EXT and IDT set: an external interrupt beyond the 32-entry IDT. */
     bool stray_interrupt = vector == 13 && (f->error_code & 3) == 3;
     uint32_t code = (from_user && !stray_interrupt) ? RT_EXIT_USER_EXCEPTION + (uint32_t)vector
                                                     : RT_EXIT_KERNEL_FAULT;
+    if (fuzz_reporting && from_user && !stray_interrupt)
+        report_to_snapshot_device(f, (uint32_t)vector);
+
+    uint64_t cr2;
+    __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
 
     kputs("\nrt: ");
     if (stray_interrupt) {

@@ -76,8 +76,10 @@ uint64_t page_tables_root(void);
 bool map_test_window(void);
 extern uint64_t *test_window_pd_table, *test_window_pt_table;
 
-/* ---- cpu.c: GDT, TSS, IDT, PIC */
+/* ---- cpu.c: GDT, TSS, IDT, FPU/SSE, PIC */
 void cpu_tables_load(void);
+/* CR0.MP/NE set, EM/TS clear; CR4.OSFXSR/OSXMMEXCPT set: SSE works at CPL3 on any KVM. */
+void fpu_sse_enable(void);
 void pic_mask_all(void);
 
 /* ---- entry.S */
@@ -87,6 +89,8 @@ void load_cr3(uint64_t cr3);
 void load_gdt_and_segments(const void *gdtr);
 extern const uint8_t exception_stubs[];  /* 32 stubs, EXCEPTION_STUB_SIZE bytes apart */
 #define EXCEPTION_STUB_SIZE 16
+/* Set by the RT_SYS_FUZZ_REPORTING service (rt_fuzz_input, before its SAVE). */
+extern volatile uint32_t fuzz_reporting;
 
 /* ---- fault.c */
 struct exception_frame {

@@ -174,6 +174,7 @@ NORETURN void kernel_main(uint32_t protocol, uint64_t info)
     build_page_tables(&memory, bi);
     load_cr3(page_tables_root());
     cpu_tables_load();
+    fpu_sse_enable();
     pic_mask_all();
     enter_user((uint64_t)(uintptr_t)_ustart, (uint64_t)(uintptr_t)__user_stack_top, (uint64_t)(uintptr_t)bi);
 }

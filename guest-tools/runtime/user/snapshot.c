@@ -46,6 +46,11 @@ const char *rt_snapshot_strerror(int error)
     }
 }
 
+bool rt_snapshot_is_open(void)
+{
+    return registers != NULL;
+}
+
 static volatile void *opened(void)
 {
     if (!registers)

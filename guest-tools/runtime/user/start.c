@@ -8,11 +8,18 @@ RT_NORETURN void rt_start(const struct rt_boot_info *info);
 
 static const struct rt_boot_info *boot_info;
 
+/* The program's constructors (the linker script collects them); clang's coverage
+ * instrumentation numbers its guards in one. */
+typedef void (*constructor_fn)(void);
+extern constructor_fn __init_array_start[], __init_array_end[];
+
 RT_NORETURN void rt_start(const struct rt_boot_info *info)
 {
     boot_info = info;
     if (info->magic != RT_BOOT_INFO_MAGIC || info->version != RT_BOOT_INFO_VERSION)
         rt_abort("boot info from the kernel has an unknown magic or version");
+    for (constructor_fn *constructor = __init_array_start; constructor < __init_array_end; constructor++)
+        (*constructor)();
     rt_exit((uint32_t)main());
 }
 

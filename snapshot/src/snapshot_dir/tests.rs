@@ -3,6 +3,7 @@ use std::os::unix::fs::MetadataExt;
 use serde::Deserialize;
 
 use super::*;
+use crate::ram_layout::PAGE_SIZE;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TestState {
@@ -158,7 +159,7 @@ fn every_truncation_is_an_error() {
     fs::remove_file(&memory_path).unwrap();
     assert!(matches!(
         LoadedSnapshot::open(&dir),
-        Err(SnapshotDirError::Io { .. })
+        Err(SnapshotDirError::HostFile(HostFileError::Io { .. }))
     ));
 }
 
@@ -322,6 +323,6 @@ fn bad_targets_are_rejected() {
     ));
     assert!(matches!(
         LoadedSnapshot::open(&parent.path().join("missing")),
-        Err(SnapshotDirError::Io { .. })
+        Err(SnapshotDirError::HostFile(HostFileError::Io { .. }))
     ));
 }

@@ -1,0 +1,196 @@
+//! Streaming writer of a QEMU 7.2 stream: header, configuration, the ram section (START with the
+//! block list, PART chunks of pages, END), FULL device sections with footers, EOF and the
+//! VMDESCRIPTION trailer that QEMU's `scripts/analyze-migration.py` reads.
+
+use std::io::{BufWriter, Write};
+
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::format::{self, PAGE_SIZE, RAM_IDSTR, RAM_VERSION};
+use crate::ram::{RamAccessError, RamBlock, RamEncoder, RamSource};
+use crate::reader::Section;
+use crate::vmstate::BodyWriter;
+use crate::wire::{WireError, WireWrite};
+
+/// Pages per PART chunk (QEMU's own chunks are bandwidth-limited; any size loads).
+pub const DEFAULT_PAGES_PER_CHUNK: usize = 8192;
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("RAM source: {0}")]
+    Ram(#[from] RamAccessError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Writes one stream. Call `write_ram` (once, first) then `write_section` for each device, then
+/// `finish`.
+pub struct StreamWriter<W: Write> {
+    out: BufWriter<W>,
+    ram_encoder: RamEncoder,
+    ram_written: bool,
+    devices: Vec<Value>,
+    pages_per_chunk: usize,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Writes the header and the configuration section naming `machine`.
+    pub fn new(out: W, machine: &str) -> Result<Self, WriteError> {
+        let mut out = BufWriter::with_capacity(1 << 20, out);
+        out.put_be32(format::MAGIC)?;
+        out.put_be32(format::VERSION)?;
+        out.put_u8(format::CONFIGURATION)?;
+        out.put_be32(machine.len() as u32)?;
+        out.write_all(machine.as_bytes()).map_err(WireError::from)?;
+        Ok(StreamWriter {
+            out,
+            ram_encoder: RamEncoder::default(),
+            ram_written: false,
+            devices: Vec::new(),
+            pages_per_chunk: DEFAULT_PAGES_PER_CHUNK,
+        })
+    }
+
+    pub fn set_pages_per_chunk(&mut self, pages: usize) {
+        self.pages_per_chunk = pages.max(1);
+    }
+
+    fn full_header(
+        &mut self,
+        kind: u8,
+        section_id: u32,
+        idstr: &str,
+        instance: u32,
+        version: u32,
+    ) -> Result<(), WriteError> {
+        if idstr.is_empty() || idstr.len() > 255 {
+            return Err(WriteError::Invalid(format!(
+                "idstr {idstr:?} must be 1..=255 bytes"
+            )));
+        }
+        self.out.put_u8(kind)?;
+        self.out.put_be32(section_id)?;
+        self.out.put_counted(idstr)?;
+        self.out.put_be32(instance)?;
+        self.out.put_be32(version)?;
+        Ok(())
+    }
+
+    fn footer(&mut self, section_id: u32) -> Result<(), WriteError> {
+        self.out.put_u8(format::SECTION_FOOTER)?;
+        self.out.put_be32(section_id)?;
+        Ok(())
+    }
+
+    /// The ram section with id `section_id` (not 0): START with `blocks` listed, every page of
+    /// them from `source` in PART chunks, and END. `blocks` may be a subset of the source's.
+    pub fn write_ram(
+        &mut self,
+        section_id: u32,
+        blocks: &[RamBlock],
+        source: &mut dyn RamSource,
+    ) -> Result<(), WriteError> {
+        if section_id == 0 || self.ram_written {
+            return Err(WriteError::Invalid(
+                "ram needs a non-zero section id and is written once".into(),
+            ));
+        }
+        for block in blocks {
+            if block.name.is_empty()
+                || block.name.len() > 255
+                || block.used_length % PAGE_SIZE as u64 != 0
+            {
+                return Err(WriteError::Invalid(format!("bad RAM block {block:?}")));
+            }
+        }
+        self.ram_written = true;
+        self.full_header(format::SECTION_START, section_id, RAM_IDSTR, 0, RAM_VERSION)?;
+        self.ram_encoder.write_block_list(&mut self.out, blocks)?;
+        self.ram_encoder.write_eos(&mut self.out)?;
+        self.footer(section_id)?;
+
+        let mut page = vec![0u8; PAGE_SIZE];
+        let mut in_chunk = 0usize;
+        for block in blocks {
+            for offset in (0..block.used_length).step_by(PAGE_SIZE) {
+                if in_chunk == 0 {
+                    self.out.put_u8(format::SECTION_PART)?;
+                    self.out.put_be32(section_id)?;
+                }
+                source.read_page(&block.name, offset, &mut page)?;
+                self.ram_encoder
+                    .write_page(&mut self.out, &block.name, offset, &page)?;
+                in_chunk += 1;
+                if in_chunk == self.pages_per_chunk {
+                    self.ram_encoder.write_eos(&mut self.out)?;
+                    self.footer(section_id)?;
+                    in_chunk = 0;
+                }
+            }
+        }
+        if in_chunk > 0 {
+            self.ram_encoder.write_eos(&mut self.out)?;
+            self.footer(section_id)?;
+        }
+        self.out.put_u8(format::SECTION_END)?;
+        self.out.put_be32(section_id)?;
+        self.ram_encoder.write_eos(&mut self.out)?;
+        self.footer(section_id)
+    }
+
+    /// One FULL device section, and its vmdesc entry.
+    pub fn write_section(&mut self, section: &Section) -> Result<(), WriteError> {
+        let mut body = BodyWriter::new(section.state.vmsd_name(), section.state.version());
+        section.state.encode(&mut body);
+        let (bytes, desc) = body.finish();
+        self.full_header(
+            format::SECTION_FULL,
+            section.section_id,
+            &section.idstr,
+            section.instance_id,
+            section.state.version(),
+        )?;
+        self.out.write_all(&bytes).map_err(WireError::from)?;
+        self.footer(section.section_id)?;
+        let mut entry = serde_json::Map::new();
+        entry.insert("name".into(), json!(section.idstr));
+        entry.insert("instance_id".into(), json!(section.instance_id));
+        entry.extend(desc.to_json());
+        self.devices.push(Value::Object(entry));
+        Ok(())
+    }
+
+    /// EOF and the VMDESCRIPTION trailer; returns the output.
+    pub fn finish(mut self) -> Result<W, WriteError> {
+        self.out.put_u8(format::EOF)?;
+        let desc = json!({ "page_size": PAGE_SIZE, "devices": self.devices });
+        let text = serde_json::to_string(&desc).map_err(|e| WriteError::Invalid(e.to_string()))?;
+        self.out.put_u8(format::VMDESCRIPTION)?;
+        self.out.put_be32(text.len() as u32)?;
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(WireError::from)?;
+        self.out
+            .into_inner()
+            .map_err(|e| WriteError::Wire(WireError::Write(e.into_error())))
+    }
+}
+
+/// Writes a parsed stream back (RAM from `source`, blocks as listed in `parsed`).
+pub fn write_parsed<W: Write>(
+    out: W,
+    parsed: &crate::reader::ParsedStream,
+    source: &mut dyn RamSource,
+) -> Result<W, WriteError> {
+    let mut writer = StreamWriter::new(out, &parsed.machine)?;
+    if let Some(id) = parsed.ram_section_id {
+        writer.write_ram(id, &parsed.ram_blocks, source)?;
+    }
+    for section in &parsed.sections {
+        writer.write_section(section)?;
+    }
+    writer.finish()
+}
