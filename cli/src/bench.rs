@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vmm::{
-    KernelSource, Machine, MachineConfig, MachineError, RestoreStrategy, SerialOutput,
-    VcpuRestore, VmEvent,
+    KernelSource, Machine, MachineConfig, MachineError, RestoreStrategy, SerialOutput, VcpuRestore,
+    VmEvent,
 };
 
 use crate::run::{drive, RunEnd, RunPolicy};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::{
-    DeviceOptions, EngineOptions, KernelSource, Machine, MachineConfig, MemSize, ResumeOptions,
-    RestoreStrategy, SerialOutput, VcpuRestore,
+    DeviceOptions, EngineOptions, KernelSource, Machine, MachineConfig, MemSize, RestoreStrategy,
+    ResumeOptions, SerialOutput, VcpuRestore,
 };
 
 mod bench;
@@ -181,6 +181,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         verify_restores: args.verify_restores,
     };
+    if let Some(dir) = &args.save_snapshot {
+        vmm::disk::check_snapshot_target(dir)?;
+    }
     let mut machine = match &args.from_snapshot {
         Some(dir) => Machine::from_snapshot_dir(
             dir,

@@ -115,7 +115,10 @@ mod tests {
         let statuses: std::collections::BTreeSet<u8> =
             ends.iter().map(|end| describe(end, None).0).collect();
         assert_eq!(statuses.len(), ends.len());
-        assert_eq!(describe(&RunEnd::Event(VmEvent::DebugExit { code: 3 }), None).0, 3);
+        assert_eq!(
+            describe(&RunEnd::Event(VmEvent::DebugExit { code: 3 }), None).0,
+            3
+        );
         assert_eq!(
             describe(&RunEnd::Event(VmEvent::DebugExit { code: 1000 }), None).0,
             63

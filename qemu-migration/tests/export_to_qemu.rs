@@ -40,9 +40,10 @@ fn reencode(original: &[u8], running: bool) -> (Vec<u8>, qemu_migration::Importe
     };
     assert_eq!(imported.machine, MachineType::Microvm);
     assert_eq!(imported.ram_bytes, u64::from(MEM_MIB) << 20);
-    let regions = imported.vm.memory_regions.clone();
+    let regions = imported.memory_regions.clone();
     let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).unwrap();
     let parts = ExportParts {
+        vcpus: &imported.vcpus,
         vm: &imported.vm,
         serial: imported.serial.as_ref(),
         cmos: None,
@@ -159,7 +160,7 @@ fn exported_cpu_state_matches_qemus() {
     );
     // Import -> export -> import gives the same machine state.
     let (_, again) = reencode(&exported, false);
-    let (x, y) = (&again.vm.vcpus[0], &imported.vm.vcpus[0]);
+    let (x, y) = (&again.vcpus[0], &imported.vcpus[0]);
     assert!(x.regs == y.regs, "regs");
     assert!(x.sregs == y.sregs, "sregs");
     assert!(x.xsave == y.xsave, "xsave");

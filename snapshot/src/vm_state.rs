@@ -390,6 +390,8 @@ pub struct VmState {
 
 /// i8254 channel modes are 0-5; KVM keeps modes 6 and 7 as their aliases 2 and 3.
 const PIT_MAX_MODE: u8 = 5;
+/// The mode KVM gives a channel nobody has programmed since the PIT's reset.
+const PIT_MODE_UNPROGRAMMED: u8 = 0xff;
 /// Read/write access modes: 1 LSB, 2 MSB, 3 LSB then MSB (0 is the latch command, never stored).
 const PIT_RW_MODES: std::ops::RangeInclusive<u8> = 1..=3;
 /// PIC state as KVM_GET_IRQCHIP reports it for the fields with a fixed range.
@@ -404,7 +406,10 @@ impl VmState {
         self.pic_slave
             .validate("PIC slave", KVM_IRQCHIP_PIC_SLAVE)?;
         self.ioapic.validate("IOAPIC", KVM_IRQCHIP_IOAPIC)?;
-        for (which, chip) in [("PIC master", &self.pic_master), ("PIC slave", &self.pic_slave)] {
+        for (which, chip) in [
+            ("PIC master", &self.pic_master),
+            ("PIC slave", &self.pic_slave),
+        ] {
             let pic = chip.pic();
             if pic.read_reg_select > PIC_MAX_READ_REG_SELECT || pic.init_state > 3 {
                 return Err(VmStateError::BadIrqchip {
@@ -428,11 +433,14 @@ impl VmState {
 
     fn validate_pit(&self) -> Result<(), VmStateError> {
         for (index, channel) in self.pit.channels.iter().enumerate() {
-            let bad = |why: String| VmStateError::BadPit { channel: index, why };
+            let bad = |why: String| VmStateError::BadPit {
+                channel: index,
+                why,
+            };
             if channel.count > 0x1_0000 {
                 return Err(bad(format!("count {:#x} exceeds 0x10000", channel.count)));
             }
-            if channel.mode > PIT_MAX_MODE {
+            if channel.mode > PIT_MAX_MODE && channel.mode != PIT_MODE_UNPROGRAMMED {
                 return Err(bad(format!("mode {}", channel.mode)));
             }
             for (what, mode) in [("read", channel.read_state), ("write", channel.write_state)] {

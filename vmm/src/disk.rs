@@ -10,6 +10,7 @@ use snapshot::MemoryImage;
 use thiserror::Error;
 
 use crate::machine_state::{MachineState, MachineStateError};
+use crate::memory::MAX_MEM_BYTES;
 
 /// Bumped when the payload's shape changes; the directory format has its own version.
 /// 3: one `MachineState` (CPUID in the vCPU state, VM-wide state without unused fields).
@@ -37,6 +38,12 @@ struct Payload {
     state: MachineState,
 }
 
+/// Checks before a run that `dir` can take snapshots: it is absent, empty, or a snapvmm snapshot
+/// (which will be replaced); anything else is refused, so no user data is ever replaced.
+pub fn check_snapshot_target(dir: &Path) -> Result<(), DiskError> {
+    Ok(snapshot::check_save_target(dir)?)
+}
+
 /// Writes `state` and `memory` to `dir`, atomically: a failed write leaves a previous snapshot
 /// there intact.
 pub fn write_snapshot<M: MemoryImage + ?Sized>(
@@ -52,6 +59,16 @@ pub fn write_snapshot<M: MemoryImage + ?Sized>(
     Ok(())
 }
 
+/// Replaces the state of the snapshot in `dir`, keeping its memory (atomically, like a save):
+/// for tools and tests that edit a saved machine, e.g. its CPU model.
+pub fn replace_state(dir: &Path, state: &MachineState) -> Result<(), DiskError> {
+    state.validate()?;
+    let old = read_snapshot(dir)?;
+    let memory = snapshot::SnapshotMemory::from_file(old.memory, state.mem_bytes as usize)
+        .map_err(|e| DiskError::MemoryFile(std::io::Error::other(e.to_string())))?;
+    write_snapshot(dir, state, &memory)
+}
+
 /// A snapshot read back from disk: its state, validated, and its memory file, checksummed.
 pub struct SnapshotOnDisk {
     pub state: MachineState,
@@ -61,7 +78,8 @@ pub struct SnapshotOnDisk {
 /// Reads and checks the snapshot in `dir`: the directory format, the payload's version, the state
 /// as a whole, and the memory file's length and checksum.
 pub fn read_snapshot(dir: &Path) -> Result<SnapshotOnDisk, DiskError> {
-    let loaded = snapshot::LoadedSnapshot::open(dir)?;
+    // The RAM cap bounds what the loader reads before anything large is checksummed.
+    let loaded = snapshot::LoadedSnapshot::open_with_memory_limit(dir, MAX_MEM_BYTES)?;
     let payload: Payload = loaded.decode_state()?;
     if payload.version != PAYLOAD_VERSION {
         return Err(DiskError::Version {

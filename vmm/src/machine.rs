@@ -9,7 +9,6 @@
 //! stop) is the caller's policy.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -44,19 +43,8 @@ pub enum MachineError {
     Setup(#[from] VmSetupError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("cannot read {what} {path}: {source}")]
-    ReadFile {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what} {path} is {size} bytes, larger than {limit} bytes")]
-    FileTooLarge {
-        what: &'static str,
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
+    #[error("cannot read {0}")]
+    HostFile(#[from] snapshot::HostFileError),
     #[error("cannot boot the kernel: {0}")]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -120,7 +108,11 @@ impl Machine {
         // Read the user's files before touching KVM, so bad input fails fast and cleanly.
         let kernel_image = read_kernel(&config.kernel, config.mem_bytes)?;
         let mut initrd = match &config.initrd {
-            Some(path) => Some(open_sized("initrd", path, config.mem_bytes)?),
+            Some(path) => Some(snapshot::open_regular_capped(
+                path,
+                "initrd",
+                config.mem_bytes,
+            )?),
             None => None,
         };
         let serial_out = open_serial(&config.serial)?;
@@ -144,7 +136,12 @@ impl Machine {
         )?;
         set_boot_entry(&parts.vcpu, &boot)?;
         parts.devices.report_ram_size(ram.size());
-        Ok(Self::from_parts(parts, ram, &config.devices, boot.kernel_end))
+        Ok(Self::from_parts(
+            parts,
+            ram,
+            &config.devices,
+            boot.kernel_end,
+        ))
     }
 
     /// Resumes `state` with RAM mapped privately from `memory` (a file laid out like RAM):
@@ -406,9 +403,7 @@ impl Machine {
 
     /// BAR2's size: the largest input.
     pub fn input_capacity(&self) -> usize {
-        lock(self.devices.snapshot_device())
-            .input_memory()
-            .len()
+        lock(self.devices.snapshot_device()).input_memory().len()
     }
 
     /// INPUT_LEN as the guest reads it.
@@ -455,8 +450,8 @@ impl Machine {
     /// The machine's state now (the vCPU's pending exit completed first).
     pub fn current_state(&mut self) -> Result<MachineState, MachineError> {
         SnapshotEngine::complete_pending_exit(&mut self.vcpu)?;
-        let vcpu = capture_vcpu(&self.vcpu, 0, self.engine.vcpu_layout())
-            .map_err(EngineError::from)?;
+        let vcpu =
+            capture_vcpu(&self.vcpu, 0, self.engine.vcpu_layout()).map_err(EngineError::from)?;
         let vm = capture_vm_wide(&self.vm_fd).map_err(EngineError::from)?;
         Ok(MachineState {
             mem_bytes: self.ram.size(),
@@ -528,7 +523,9 @@ enum Report {
     Restored,
     Failed,
     /// Sets only the capture-running bit.
-    Capture { running: bool },
+    Capture {
+        running: bool,
+    },
 }
 
 fn report_to_device(devices: &DeviceManager, report: Report) {
@@ -580,40 +577,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn open_sized(what: &'static str, path: &Path, limit: u64) -> Result<(File, u64), MachineError> {
-    let read_err = |source| MachineError::ReadFile {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
-    if size > limit {
-        return Err(MachineError::FileTooLarge {
-            what,
-            path: path.to_path_buf(),
-            size,
-            limit,
-        });
-    }
-    Ok((file, size))
-}
-
 fn read_kernel(
     kernel: &KernelSource,
     mem_bytes: u64,
 ) -> Result<std::borrow::Cow<'static, [u8]>, MachineError> {
     match kernel {
+        // Regular files only (a FIFO or /dev/zero would block or never end), capped as read.
         KernelSource::File(path) => {
-            let (mut file, size) = open_sized("kernel", path, MAX_KERNEL_BYTES.min(mem_bytes))?;
-            let mut bytes = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut bytes)
-                .map_err(|source| MachineError::ReadFile {
-                    what: "kernel",
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok(bytes.into())
+            Ok(snapshot::read_capped(path, "kernel", MAX_KERNEL_BYTES.min(mem_bytes))?.into())
         }
         KernelSource::Builtin { image, .. } => Ok((*image).into()),
     }
@@ -624,10 +595,12 @@ fn open_serial(serial: &SerialOutput) -> Result<Box<dyn std::io::Write + Send>, 
         SerialOutput::Stdio => Box::new(std::io::stdout()),
         SerialOutput::Discard => Box::new(std::io::sink()),
         SerialOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| MachineError::SerialOutput {
-                path: path.clone(),
-                source,
-            })?)
+            Box::new(
+                File::create(path).map_err(|source| MachineError::SerialOutput {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
         }
     })
 }

@@ -19,8 +19,8 @@ pub enum MachineStateError {
     BufferSize(u64),
     #[error("devices: {0}")]
     Devices(String),
-    #[error("vCPU: {0}")]
-    Vcpu(#[from] snapshot::VmStateError),
+    #[error("KVM state: {0}")]
+    Kvm(#[from] snapshot::VmStateError),
 }
 
 /// How the machine's devices were configured (the state of each is in `DeviceStates`).

@@ -113,8 +113,7 @@ const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// Reads KVM's internal-error details and the bytes at the guest's RIP.
 pub fn describe_internal_error(vcpu: &mut VcpuFd, memory: &GuestMemory) -> VmEvent {
     use vm_memory::{Bytes, GuestAddress};
-    let read_guest =
-        |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
+    let read_guest = |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
     let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
@@ -222,7 +221,11 @@ mod tests {
             ExitDecision::Stop(VmEvent::PowerOff)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), 1, &mut bus),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                1,
+                &mut bus
+            ),
             ExitDecision::Stop(VmEvent::Reset)
         );
         assert_eq!(
@@ -237,7 +240,10 @@ mod tests {
             handle_exit(VcpuExit::Unknown, 1, &mut bus),
             ExitDecision::Unhandled(_)
         ));
-        assert_eq!(handle_exit(VcpuExit::Hlt, 1, &mut bus), ExitDecision::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::Hlt, 1, &mut bus),
+            ExitDecision::Continue
+        );
     }
 
     /// A register whose every read returns the next value of a sequence, like a FIFO.

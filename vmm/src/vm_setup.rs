@@ -3,7 +3,7 @@
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use thiserror::Error;
@@ -88,17 +88,21 @@ pub fn create_vcpu(kvm: &Kvm, vm_fd: &VmFd, model: CpuModel) -> Result<VcpuFd, V
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
     patch_cpuid(&mut supported, 0);
-    let cpuid = match model {
-        CpuModel::Host => supported,
-        CpuModel::Saved(entries) => {
-            check_cpuid_supported(entries, supported.as_slice())?;
-            CpuId::from_entries(entries).map_err(|_| VmSetupError::Kvm {
-                what: "SET_CPUID2 (building the list)",
-                source: kvm_ioctls::Error::new(libc::E2BIG),
-            })?
-        }
-    };
-    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
+    vcpu.set_cpuid2(&supported).map_err(kvm_err("SET_CPUID2"))?;
+    if let CpuModel::Saved(entries) = model {
+        // What this host gives a vCPU can exceed what it lists as supported (kvm_pvm passes the
+        // host's own features through): compare with the model the vCPU actually got.
+        let offered = vcpu
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("GET_CPUID2"))?;
+        check_cpuid_supported(entries, offered.as_slice())?;
+        let saved = CpuId::from_entries(entries).map_err(|_| VmSetupError::Kvm {
+            what: "SET_CPUID2 (building the list)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        // Allowed: the vCPU has not run yet.
+        vcpu.set_cpuid2(&saved).map_err(kvm_err("SET_CPUID2"))?;
+    }
     Ok(vcpu)
 }
 
@@ -147,10 +151,14 @@ fn check_cpuid_supported(
         (0x8000_0001, 0, &["ecx", "edx"]),
     ];
     for &(leaf, index, registers) in FEATURE_LEAVES {
+        // KVM fills `index` only for leaves flagged as having sub-leaves; ignore it elsewhere.
         let find = |entries: &[kvm_cpuid_entry2]| {
             entries
                 .iter()
-                .find(|e| e.function == leaf && e.index == index)
+                .find(|e| {
+                    e.function == leaf
+                        && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == index)
+                })
                 .copied()
         };
         let Some(wanted) = find(saved) else {
@@ -186,6 +194,11 @@ mod tests {
         kvm_cpuid_entry2 {
             function,
             index,
+            flags: if function == 7 {
+                KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+            } else {
+                0
+            },
             ecx,
             ..Default::default()
         }
@@ -207,6 +220,8 @@ mod tests {
             }
         ));
         assert!(check_cpuid_supported(&[entry(7, 0, 1)], &host).is_err());
+        // Leaf 1 has no sub-leaves: a stray index does not hide it.
+        assert!(check_cpuid_supported(&[entry(1, 5, 0b0111)], &host).is_err());
         // Leaves that name no features are the model's own business (brand string, cache info).
         assert!(check_cpuid_supported(&[entry(0x8000_0002, 0, !0)], &host).is_ok());
     }

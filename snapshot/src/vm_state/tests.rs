@@ -274,10 +274,19 @@ fn invalid_vm_states_are_rejected() {
                 vm.ioapic = IrqchipState::from_kvm(&kvm);
             }),
         ),
-        ("pit count", Box::new(|vm| vm.pit.channels[0].count = 0x2_0000)),
+        (
+            "pit count",
+            Box::new(|vm| vm.pit.channels[0].count = 0x2_0000),
+        ),
         ("pit mode", Box::new(|vm| vm.pit.channels[1].mode = 9)),
-        ("pit access mode", Box::new(|vm| vm.pit.channels[2].rw_mode = 4)),
-        ("pit read state", Box::new(|vm| vm.pit.channels[2].read_state = 200)),
+        (
+            "pit access mode",
+            Box::new(|vm| vm.pit.channels[2].rw_mode = 4),
+        ),
+        (
+            "pit read state",
+            Box::new(|vm| vm.pit.channels[2].read_state = 200),
+        ),
         ("pit gate", Box::new(|vm| vm.pit.channels[0].gate = 2)),
         ("pit bcd", Box::new(|vm| vm.pit.channels[0].bcd = 3)),
     ];

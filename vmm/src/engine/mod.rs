@@ -289,8 +289,12 @@ impl SnapshotEngine {
                 CaptureScope::AllPages,
             ),
         };
-        let capture =
-            RamCapture::start(self.slots.layout(), memory, scope, &CaptureOptions::default())?;
+        let capture = RamCapture::start(
+            self.slots.layout(),
+            memory,
+            scope,
+            &CaptureOptions::default(),
+        )?;
         self.stats.last_capture_stall = capture.stall();
         self.dirty.clear();
 
@@ -356,15 +360,18 @@ impl SnapshotEngine {
     /// The current snapshot, its RAM capture finished; `None` without one.
     pub fn snapshot(&mut self) -> Result<Option<SnapshotParts<'_>>, EngineError> {
         self.finish_capture()?;
-        Ok(self.snapshot.as_ref().and_then(|snapshot| match &snapshot.ram {
-            SnapshotRam::Ready(memory) => Some(SnapshotParts {
-                vcpu: &snapshot.vcpu,
-                vm: &snapshot.vm,
-                devices: &snapshot.devices,
-                memory,
-            }),
-            SnapshotRam::Capturing(_) => None,
-        }))
+        Ok(self
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| match &snapshot.ram {
+                SnapshotRam::Ready(memory) => Some(SnapshotParts {
+                    vcpu: &snapshot.vcpu,
+                    vm: &snapshot.vm,
+                    devices: &snapshot.devices,
+                    memory,
+                }),
+                SnapshotRam::Capturing(_) => None,
+            }))
     }
 
     /// Waits for the running capture, if any.
@@ -493,8 +500,11 @@ impl SnapshotEngine {
         }
         use vm_memory::GuestMemoryBackend;
         for (region, (first_page, pages)) in ram.memory.iter().zip(self.slots.page_ranges()) {
-            self.dirty
-                .take_atomic_bitmap(first_page, pages, std::ops::Deref::deref(region).bitmap())?;
+            self.dirty.take_atomic_bitmap(
+                first_page,
+                pages,
+                std::ops::Deref::deref(region).bitmap(),
+            )?;
         }
         self.vmm_wrote_ram = false;
         Ok(())

@@ -132,8 +132,9 @@ impl RamSlots {
         self.slots.iter().map(|slot| {
             // SAFETY: the slot's host range is mapped guest RAM for the life of the VM; callers
             // read it only while the vCPU is stopped (they hold the engine mutably).
-            let live =
-                unsafe { std::slice::from_raw_parts(slot.host_addr as *const u8, slot.size as usize) };
+            let live = unsafe {
+                std::slice::from_raw_parts(slot.host_addr as *const u8, slot.size as usize)
+            };
             (slot.guest_addr, live, slot.first_page * PAGE_SIZE)
         })
     }
@@ -232,7 +233,12 @@ impl RamSlots {
 }
 
 /// Replaces `slot`'s RAM mapping with `file` from `offset`, same size, same host address.
-fn map_over(slot: &RamSlot, file: &File, offset: u64, sharing: Sharing) -> Result<(), RamSlotsError> {
+fn map_over(
+    slot: &RamSlot,
+    file: &File,
+    offset: u64,
+    sharing: Sharing,
+) -> Result<(), RamSlotsError> {
     let flags = match sharing {
         Sharing::Shared => libc::MAP_SHARED | libc::MAP_FIXED,
         Sharing::Private => libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
