@@ -83,6 +83,8 @@ const FUZZ_TARGET_CFLAGS: &[&str] = &[
     "-fno-addrsig",
     "-fsanitize-coverage=trace-pc-guard",
 ];
+/// Native harnesses (host programs): hosted, optimised, warnings on.
+const NATIVE_HARNESS_CFLAGS: &[&str] = &["-O2", "-g", "-Wall", "-Wextra", "-std=gnu11"];
 /// The clang that builds fuzz targets (Debian package `clang`); `CLANG` overrides it.
 const DEFAULT_CLANG: &str = "clang";
 
@@ -217,6 +219,7 @@ fn build() -> BuildResult<()> {
         link_runtime_guest(&paths, &runtime, &target, &object, &mut built)?;
     }
     build_foreign_guests(&paths, &runtime.libgcc, &mut built)?;
+    let native_harnesses = build_native_harnesses(&paths)?;
 
     let pvh_hello_object = compile(
         &paths,
@@ -248,7 +251,12 @@ fn build() -> BuildResult<()> {
         linux_programs.push(program);
     }
 
-    write_guest_list(&paths.out.join("guests.rs"), &built, &linux_programs)
+    write_guest_list(
+        &paths.out.join("guests.rs"),
+        &built,
+        &linux_programs,
+        &native_harnesses,
+    )
 }
 
 /// The runtime objects every runtime guest links with.
@@ -367,6 +375,22 @@ fn build_foreign_guests(
         }
     }
     Ok(())
+}
+
+/// Native builds of the fuzz targets' code for the host (`fuzz-targets/native/<name>.c` ->
+/// `<name>`, hosted gcc): host tests run them, and AFL++ fuzzes the same code for comparison.
+fn build_native_harnesses(paths: &Paths) -> BuildResult<Vec<String>> {
+    let dir = paths.fuzz_targets.join("native");
+    let mut harnesses = Vec::new();
+    for harness in c_programs(&dir)? {
+        run(Command::new("gcc")
+            .args(NATIVE_HARNESS_CFLAGS)
+            .arg("-o")
+            .arg(paths.out.join(&harness))
+            .arg(dir.join(format!("{harness}.c"))))?;
+        harnesses.push(harness);
+    }
+    Ok(harnesses)
 }
 
 fn compile_foreign(
@@ -556,6 +580,7 @@ fn write_guest_list(
     path: &Path,
     guests: &[BuiltGuest],
     linux_programs: &[String],
+    native_harnesses: &[String],
 ) -> BuildResult<()> {
     let mut source = String::from("/// Every guest `build.rs` built into `OUT_DIR`.\n");
     source.push_str("pub const BUILT_GUESTS: &[BuiltGuest] = &[\n");
@@ -576,6 +601,14 @@ fn write_guest_list(
     source.push_str("pub const LINUX_PROGRAMS: &[&str] = &[\n");
     for program in linux_programs {
         source.push_str(&format!("    {program:?},\n"));
+    }
+    source.push_str("];\n");
+    source.push_str(
+        "/// Every native (host) fuzz harness `build.rs` built into `OUT_DIR` (file name = name).\n",
+    );
+    source.push_str("pub const NATIVE_HARNESSES: &[&str] = &[\n");
+    for harness in native_harnesses {
+        source.push_str(&format!("    {harness:?},\n"));
     }
     source.push_str("];\n");
     fs::write(path, source).map_err(|e| io_error("write", path, e))

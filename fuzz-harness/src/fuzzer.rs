@@ -27,7 +27,7 @@ use libafl::schedulers::powersched::PowerSchedule;
 use libafl::schedulers::{IndexesLenTimeMinimizerScheduler, StdWeightedScheduler};
 use libafl::stages::{CalibrationStage, StdPowerMutationalStage};
 use libafl::state::{HasCorpus, HasMaxSize, StdState};
-use libafl::{Error, HasMetadata};
+use libafl::{Error, HasMetadata, HasObjective};
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Handled, Merge};
 
@@ -42,7 +42,7 @@ use crate::output::{self, OutputError, OutputLayout, ResumeInfo};
 use crate::queue::QueueNamer;
 use crate::report::Reporter;
 use crate::seeds::{self, LoadedSeeds, Seed, SeedError, DEFAULT_SEED};
-use crate::solutions::{DedupMode, SolutionFeedback};
+use crate::solutions::{DedupMode, KnownSolutions, SolutionFeedback};
 use crate::stats::StatsContext;
 use crate::status::{self, StatusMode};
 use crate::target::FuzzTarget;
@@ -222,7 +222,7 @@ impl<T: FuzzTarget> Fuzzer<T> {
         seeds::check_dirs(&config.corpus_dirs)?;
         let layout = OutputLayout::new(&config.out_dir);
         layout.create()?;
-        let resume = output::scan_existing(&layout)?;
+        let resume = output::scan_existing(&layout, map_len)?;
         let mut seeds = if resume.is_resume() {
             LoadedSeeds::default()
         } else {
@@ -299,7 +299,11 @@ impl<T: FuzzTarget> Fuzzer<T> {
             config.dedup,
             edges_handle.clone(),
             outcome_handle.clone(),
-            resume.crash_infos.iter().copied(),
+            KnownSolutions {
+                crashes: resume.crash_infos.clone(),
+                crash_history: resume.crash_history.clone(),
+                hang_history: resume.hang_history.clone(),
+            },
         );
 
         // No metadata files and no lock files: the directories hold only AFL++-named inputs.
@@ -429,17 +433,21 @@ impl<T: FuzzTarget> Fuzzer<T> {
             });
         }
 
-        while !stopped_early {
-            match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr) {
-                Ok(_) => {}
-                Err(Error::ShuttingDown) => break,
-                Err(e) => return Err(failure_or(&mut executor, e)),
+        if !stopped_early {
+            loop {
+                match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr) {
+                    Ok(_) => {}
+                    Err(Error::ShuttingDown) => break,
+                    Err(e) => return Err(failure_or(&mut executor, e)),
+                }
             }
         }
         if let Some(failure) = executor.take_failure() {
             return Err(failure.into());
         }
 
+        let (crash_history, hang_history) = fuzzer.objective().histories();
+        output::write_histories(&layout, crash_history, hang_history)?;
         executor.report_now(&state)?;
         executor.reporter_mut().finish();
         let snapshot = executor.reporter_mut().last_snapshot().clone();

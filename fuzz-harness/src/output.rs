@@ -54,6 +54,8 @@ pub struct OutputLayout {
     pub plot_data: PathBuf,
     pub cmdline: PathBuf,
     pub fuzzer_setup: PathBuf,
+    /// Engine state kept between sessions (crash and hang coverage histories).
+    pub state_dir: PathBuf,
 }
 
 impl OutputLayout {
@@ -69,13 +71,14 @@ impl OutputLayout {
             plot_data: instance.join("plot_data"),
             cmdline: instance.join("cmdline"),
             fuzzer_setup: instance.join("fuzzer_setup"),
+            state_dir: instance.join(".snapvmm_state"),
             instance,
         }
     }
 
     /// Creates the directories and checks that files can be written in them.
     pub fn create(&self) -> Result<(), OutputError> {
-        for dir in [&self.queue, &self.crashes, &self.hangs] {
+        for dir in [&self.queue, &self.crashes, &self.hangs, &self.state_dir] {
             fs::create_dir_all(dir).map_err(|source| OutputError::NotWritable {
                 path: self.root.clone(),
                 source,
@@ -112,6 +115,9 @@ pub struct ResumeInfo {
     pub next_crash_id: u32,
     pub next_hang_id: u32,
     pub saved_hangs: u64,
+    /// Coverage histories of the saved crashes and hangs (empty when absent or of another size).
+    pub crash_history: Vec<u8>,
+    pub hang_history: Vec<u8>,
     /// From the previous `fuzzer_stats`.
     pub previous_run_time: Duration,
     pub previous_execs: u64,
@@ -124,8 +130,35 @@ impl ResumeInfo {
     }
 }
 
-/// Reads what `layout` already holds.
-pub fn scan_existing(layout: &OutputLayout) -> Result<ResumeInfo, OutputError> {
+/// File names of the crash and hang coverage histories in the state directory.
+const CRASH_HISTORY: &str = "crash_history";
+const HANG_HISTORY: &str = "hang_history";
+
+/// Keeps the crash and hang coverage histories for the next session.
+pub fn write_histories(
+    layout: &OutputLayout,
+    crash: &[u8],
+    hang: &[u8],
+) -> Result<(), OutputError> {
+    write_file(&layout.state_dir.join(CRASH_HISTORY), crash)?;
+    write_file(&layout.state_dir.join(HANG_HISTORY), hang)
+}
+
+/// A history written by [`write_histories`], if it is there and has `map_len` bytes.
+fn read_history(path: &Path, map_len: usize) -> Vec<u8> {
+    let Ok(file) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut bytes = Vec::new();
+    let read = io::Read::read_to_end(&mut io::Read::take(file, map_len as u64 + 1), &mut bytes);
+    if read.is_err() || bytes.len() != map_len {
+        return Vec::new();
+    }
+    bytes
+}
+
+/// Reads what `layout` already holds, for a target whose coverage map has `map_len` entries.
+pub fn scan_existing(layout: &OutputLayout, map_len: usize) -> Result<ResumeInfo, OutputError> {
     let queue = list_entries(&layout.queue)?;
     let crashes = list_entries(&layout.crashes)?;
     let hangs = list_entries(&layout.hangs)?;
@@ -137,6 +170,8 @@ pub fn scan_existing(layout: &OutputLayout) -> Result<ResumeInfo, OutputError> {
         |entries: &[ExistingEntry]| entries.last().map_or(0, |entry| entry.id.saturating_add(1));
     let (previous_run_time, previous_execs) = read_previous_stats(&layout.fuzzer_stats);
     Ok(ResumeInfo {
+        crash_history: read_history(&layout.state_dir.join(CRASH_HISTORY), map_len),
+        hang_history: read_history(&layout.state_dir.join(HANG_HISTORY), map_len),
         next_crash_id: next_id(&crashes),
         next_hang_id: next_id(&hangs),
         saved_hangs: hangs.len() as u64,
@@ -303,7 +338,8 @@ mod tests {
             "run_time          : 42\nexecs_done        : 1000\n",
         )
         .unwrap();
-        let info = scan_existing(&layout).unwrap();
+        let info = scan_existing(&layout, 16).unwrap();
+        assert!(info.crash_history.is_empty());
         assert!(info.is_resume());
         assert_eq!(
             info.queue.iter().map(|e| e.id).collect::<Vec<_>>(),

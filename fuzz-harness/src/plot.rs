@@ -132,13 +132,16 @@ fn thin(points: &[PlotPoint]) -> Vec<PlotPoint> {
     out
 }
 
+/// One chart: title, unit, colour, the column it shows.
+type Series = (&'static str, &'static str, RGBColor, fn(&PlotPoint) -> f64);
+
 fn draw(points: &[PlotPoint], png: &Path) -> Result<(), String> {
     register_font()?;
     let points = thin(points);
     let root = BitMapBackend::new(png, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((3, 1));
-    let series: [(&str, &str, RGBColor, fn(&PlotPoint) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("execs per second", "execs/s", BLUE, |p| p.execs_per_sec),
         ("corpus size", "entries", RGBColor(0, 128, 0), |p| {
             p.corpus_count

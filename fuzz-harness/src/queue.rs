@@ -79,13 +79,12 @@ impl<EM, I, OT, S> Feedback<EM, I, OT, S> for QueueNamer {
             PendingInput::New(origin) => {
                 let id = campaign.next_queue_id;
                 campaign.next_queue_id = id.saturating_add(1);
-                let name = names::queue_name(
-                    id,
-                    &origin,
-                    campaign.time_ms(),
-                    campaign.total_execs(),
-                    new_edges > 0,
-                );
+                // AFL++ names seeds with time:0,execs:0 (they are named before they run).
+                let (time_ms, execs) = match origin {
+                    Origin::Seed { .. } => (0, 0),
+                    Origin::Mutation { .. } => (campaign.time_ms(), campaign.total_execs()),
+                };
+                let name = names::queue_name(id, &origin, time_ms, execs, new_edges > 0);
                 if matches!(origin, Origin::Mutation { .. }) {
                     campaign.corpus_found += 1;
                     campaign.last_find_unix = unix_now();

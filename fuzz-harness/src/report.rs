@@ -46,7 +46,8 @@ impl Reporter {
             map_len,
             printer: StatusPrinter::new(status),
             rates: RateWindow::default(),
-            next_report: Instant::now(),
+            // The first report after one interval, when there is something to show.
+            next_report: Instant::now() + REPORT_INTERVAL,
             last_corpus_count: 0,
             cycle_of_last_find: 0,
             last_snapshot: StatsSnapshot::default(),

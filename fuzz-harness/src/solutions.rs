@@ -36,6 +36,15 @@ pub enum DedupMode {
     Coverage,
 }
 
+/// What an earlier session of the campaign saved: the crashes (from the crash file names) and
+/// the coverage histories of crashes and hangs (from [`SolutionFeedback::histories`]).
+#[derive(Debug, Clone, Default)]
+pub struct KnownSolutions {
+    pub crashes: Vec<CrashInfo>,
+    pub crash_history: Vec<u8>,
+    pub hang_history: Vec<u8>,
+}
+
 /// What the last run was, when it is a new solution.
 #[derive(Debug, Clone, Copy)]
 enum NewSolution {
@@ -59,13 +68,13 @@ pub struct SolutionFeedback {
 }
 
 impl SolutionFeedback {
-    /// An objective for `campaign`, knowing the crashes `known_crashes` (from a resumed campaign).
+    /// An objective for `campaign` that knows what a resumed campaign already saved.
     pub fn new(
         campaign: SharedCampaign,
         dedup: DedupMode,
         edges: Handle<TrackedEdgeObserver>,
         outcome: Handle<OutcomeObserver>,
-        known_crashes: impl IntoIterator<Item = CrashInfo>,
+        known: KnownSolutions,
     ) -> Self {
         Self {
             name: Cow::Borrowed("solutions"),
@@ -73,12 +82,17 @@ impl SolutionFeedback {
             dedup,
             edges,
             outcome,
-            crash_keys: known_crashes.into_iter().collect(),
-            crash_history: Vec::new(),
-            hang_history: Vec::new(),
+            crash_keys: known.crashes.into_iter().collect(),
+            crash_history: known.crash_history,
+            hang_history: known.hang_history,
             scratch: Vec::new(),
             pending: None,
         }
+    }
+
+    /// The coverage histories of saved crashes and of saved hangs, to keep for a resumed campaign.
+    pub fn histories(&self) -> (&[u8], &[u8]) {
+        (&self.crash_history, &self.hang_history)
     }
 
     /// Whether `observer`'s coverage is new to `history` (grown to the map's size on first use).

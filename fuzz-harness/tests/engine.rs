@@ -23,7 +23,7 @@ fn finds_the_planted_bug_within_a_bounded_number_of_executions() {
     let out = scratch_dir("planted");
     let mut config = config(&out);
     config.stop_on_crash = true;
-    config.max_execs = Some(3_000_000);
+    config.max_execs = Some(8_000_000);
     let summary = Fuzzer::new(config, ParserTarget::new())
         .unwrap()
         .run()
@@ -276,6 +276,29 @@ fn resuming_continues_the_queue_and_the_ids() {
     assert_eq!(execs, summary.total_execs);
     assert!(execs >= first_summary.total_execs + 60_000);
     assert_eq!(summary.saved_crashes as usize, crashes_after.len());
+    // Hangs are unique by coverage; the hang history survives the resume.
+    assert_eq!(afl_files(&out.join("default/hangs")).len(), 1);
+}
+
+#[test]
+fn coverage_dedup_survives_a_resume() {
+    let out = scratch_dir("resume-cov");
+    let run = |execs: u64, seed: u64| {
+        let mut config = config(&out);
+        config.dedup = DedupMode::Coverage;
+        config.max_execs = Some(execs);
+        config.seed = Some(seed);
+        let mut target = OutcomeTarget::new();
+        target.same_crash_everywhere = true;
+        Fuzzer::new(config, target).unwrap().run().unwrap();
+        afl_files(&out.join("default/crashes"))
+    };
+    let first = run(80_000, 1);
+    assert!(first.len() > 1);
+    let second = run(80_000, 2);
+    // At most one file per crash coverage (8 of them), however many sessions.
+    assert!(second.len() <= 8, "{second:?}");
+    assert!(second.len() >= first.len());
 }
 
 #[test]
@@ -443,22 +466,66 @@ fn bad_input_is_a_one_line_typed_error() {
     assert!(afl_files(&out.join("default/crashes")).is_empty());
 }
 
+/// Crashes only on an 8-byte magic compared at once (no partial coverage to climb).
+struct MagicTarget {
+    edges: common::Edges,
+}
+
+impl fuzz_harness::FuzzTarget for MagicTarget {
+    type Error = std::convert::Infallible;
+
+    fn max_input_len(&self) -> usize {
+        64
+    }
+
+    fn run(
+        &mut self,
+        input: &[u8],
+        _timeout: Duration,
+    ) -> Result<fuzz_harness::RunOutcome, Self::Error> {
+        self.edges.start_run();
+        self.edges.hit(1);
+        if input.starts_with(b"SNAPVMM!") {
+            self.edges.hit(2);
+            return Ok(fuzz_harness::RunOutcome::Crash(fuzz_harness::CrashInfo {
+                kind: fuzz_harness::CrashKind::Reported { code: 8 },
+                pc: 0,
+            }));
+        }
+        self.edges.hit(3);
+        Ok(fuzz_harness::RunOutcome::Normal { code: 0 })
+    }
+
+    fn coverage_map(&mut self) -> &mut [u8] {
+        self.edges.map_mut()
+    }
+}
+
 #[test]
-fn a_dictionary_is_used() {
-    let out = scratch_dir("dict");
-    let dict = out.join("snap.dict");
-    fs::write(&dict, "magic=\"SNAP\"\n").unwrap();
-    let mut config = config(&out.join("out"));
-    config.dict = Some(dict);
-    config.stop_on_crash = true;
-    config.max_execs = Some(3_000_000);
-    let summary = Fuzzer::new(config, ParserTarget::new())
-        .unwrap()
-        .run()
-        .unwrap();
-    assert_eq!(summary.stop_reason, StopReason::FirstCrash);
+fn the_dictionary_solves_a_magic_value() {
+    let base = scratch_dir("dict");
+    let dict = base.join("snap.dict");
+    fs::write(&dict, "# the magic\nmagic=\"SNAPVMM!\"\n").unwrap();
+    let run = |with_dict: bool, out: &str| {
+        let mut config = config(&base.join(out));
+        config.dict = with_dict.then(|| dict.clone());
+        config.stop_on_crash = true;
+        config.max_execs = Some(200_000);
+        let target = MagicTarget {
+            edges: common::Edges::new(),
+        };
+        Fuzzer::new(config, target).unwrap().run().unwrap()
+    };
+    let with = run(true, "with");
+    assert_eq!(with.stop_reason, StopReason::FirstCrash, "{with}");
     println!(
         "with the dictionary: found after {} executions",
-        summary.session_execs
+        with.session_execs
+    );
+    let without = run(false, "without");
+    assert_eq!(
+        without.stop_reason,
+        StopReason::MaxExecs,
+        "an 8-byte magic by chance?"
     );
 }

@@ -1,149 +1,57 @@
 /*
- * fuzz-demo - the demo fuzz target: a parser for "SIMG", a small chunked image format, with a
- * planted bug several dependent comparisons deep.
+ * fuzz-demo - the demo fuzz target: the SIMG image parser (simg/simg_parse.h) with its planted
+ * bug, on the runtime's fuzz API. A run parses the input (BAR2) and ends with DONE (ARG 0 for an
+ * accepted image, 1 for a rejected one); the bug ends it with a #PF that the runtime reports to
+ * the device as EXCEPTION vector 14 (FAULT_PC = the faulting store in parse_data).
  *
- * Format: "SIMG", a version byte (1 or 2), then (version 2) chunks of [type, length, data...]:
- *   'H' header   width, height, offset (>= 3 bytes): allocates the pixel buffer
- *   'P' palette  up to 16 RGB entries
- *   'D' data     data[0] = 'Z' for a run of data[1] pixels of value data[3], with the check byte
- *                data[2] == data[1] ^ 0xa5; anything else copies raw bytes
- *   'E' end
- * The bug: a run-length 'D' chunk that comes before any 'H' chunk writes through the pixel
- * pointer, which is still NULL: a #PF (vector 14) in the target at an address below 1 MiB,
- * which the runtime reports to the device as EXCEPTION. Every step towards it is its own
- * comparison (the magic byte by byte, the version, the chunk type, the chunk length fitting, the
- * length >= 4, the 'Z', the check byte), so each one gives coverage a fuzzer can climb.
- * One crashing input: "SIMG" 02 'D' 04 'Z' 10 b5 41.
- *
- * Prints nothing per run. Entered like every runtime guest; no command line options.
+ * Prints nothing per run. Command line: input=HEX (the input to use when INPUT_LEN is 0, e.g.
+ * under plain `snapvmm run`, which writes no input; at most 256 bytes), e.g. the crashing
+ * input: input=53494d470244045a10b541.
  */
 #include "rt.h"
+#include "simg/simg_parse.h"
 
-struct image {
-    uint8_t *pixels;
-    uint32_t width, height, offset;
-    uint8_t palette[16][3];
-    uint32_t palette_entries;
-    uint32_t checksum;
-};
+#define BUILTIN_INPUT_MAX 256
 
-static uint8_t pixel_buffer[64 * 64];
+static uint8_t builtin_input[BUILTIN_INPUT_MAX];
+static size_t builtin_length;
 
-static int parse_header(struct image *img, const uint8_t *data, size_t length)
+static int hex_digit(char c)
 {
-    if (length < 3)
-        return -1;
-    if (data[0] == 0 || data[0] > 64 || data[1] == 0 || data[1] > 64)
-        return -1;
-    img->width = data[0];
-    img->height = data[1];
-    img->offset = data[2];
-    img->pixels = pixel_buffer;
-    return 0;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
-static int parse_palette(struct image *img, const uint8_t *data, size_t length)
+/* input=HEX into builtin_input; aborts on malformed or oversized values. */
+static void parse_builtin_input(void)
 {
-    size_t entries = length / 3;
-    if (entries > 16)
-        return -1;
-    for (size_t i = 0; i < entries; i++) {
-        img->palette[i][0] = data[3 * i];
-        img->palette[i][1] = data[3 * i + 1];
-        img->palette[i][2] = data[3 * i + 2];
+    const char *hex = rt_cmdline_value("input");
+    if (!hex)
+        return;
+    while (*hex && *hex != ' ') {
+        int high = hex_digit(hex[0]), low = high < 0 ? -1 : hex_digit(hex[1]);
+        if (low < 0 || builtin_length == BUILTIN_INPUT_MAX)
+            rt_abort("fuzz-demo: input= takes at most 256 bytes as pairs of hex digits");
+        builtin_input[builtin_length++] = (uint8_t)(high << 4 | low);
+        hex += 2;
     }
-    img->palette_entries = (uint32_t)entries;
-    return 0;
-}
-
-static int parse_data(struct image *img, const uint8_t *data, size_t length)
-{
-    if (length < 4)
-        return -1;
-    if (data[0] == 'Z') {
-        uint8_t run = data[1];
-        if ((uint8_t)(run ^ 0xa5) != data[2])
-            return -1; /* bad check byte */
-        /* BUG: no check that a header chunk set img->pixels up. */
-        volatile uint8_t *out = (volatile uint8_t *)((uintptr_t)img->pixels + img->offset * 4096u + 64u);
-        if (img->pixels && img->offset + run > sizeof(pixel_buffer))
-            return -1;
-        for (uint32_t i = 0; i < run; i++)
-            out[i] = data[3];
-        return 0;
-    }
-    if (!img->pixels)
-        return -1;
-    size_t capacity = (size_t)img->width * img->height;
-    for (size_t i = 0; i + 1 < length && i < capacity; i++)
-        img->pixels[i] = data[i + 1];
-    return 0;
-}
-
-static int parse_chunks(struct image *img, const uint8_t *data, size_t length)
-{
-    size_t at = 0;
-    while (at + 2 <= length) {
-        uint8_t type = data[at];
-        size_t chunk_length = data[at + 1];
-        const uint8_t *chunk = data + at + 2;
-        if (at + 2 + chunk_length > length)
-            return -1; /* truncated */
-        int result;
-        switch (type) {
-        case 'H':
-            result = parse_header(img, chunk, chunk_length);
-            break;
-        case 'P':
-            result = parse_palette(img, chunk, chunk_length);
-            break;
-        case 'D':
-            result = parse_data(img, chunk, chunk_length);
-            break;
-        case 'E':
-            return 0;
-        default:
-            result = -1;
-            break;
-        }
-        if (result != 0)
-            return result;
-        for (size_t i = 0; i < chunk_length; i++)
-            img->checksum = img->checksum * 31 + chunk[i];
-        at += 2 + chunk_length;
-    }
-    return 0;
-}
-
-static int parse_image(const uint8_t *data, size_t length)
-{
-    struct image img;
-    memset(&img, 0, sizeof(img));
-    /* The magic byte by byte: each matching byte is a new edge. */
-    if (length < 5 || data[0] != 'S')
-        return -1;
-    if (data[1] != 'I')
-        return -1;
-    if (data[2] != 'M')
-        return -1;
-    if (data[3] != 'G')
-        return -1;
-    switch (data[4]) {
-    case 1: /* version 1: a bare header, no chunks */
-        return length >= 8 ? parse_header(&img, data + 5, 3) : -1;
-    case 2:
-        return parse_chunks(&img, data + 5, length - 5);
-    default:
-        return -1;
-    }
-}
-
-static int test_one_input(const uint8_t *data, size_t size)
-{
-    return parse_image(data, size) == 0 ? 0 : 1;
 }
 
 int main(void)
 {
-    rt_fuzz_run(test_one_input);
+    parse_builtin_input();
+    for (;;) {
+        size_t size;
+        const uint8_t *data = rt_fuzz_input(&size);
+        if (size == 0) {
+            data = builtin_input;
+            size = builtin_length;
+        }
+        rt_fuzz_done(simg_parse(data, size) == 0 ? 0 : 1);
+    }
 }

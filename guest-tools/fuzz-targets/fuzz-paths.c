@@ -31,24 +31,18 @@ enum outcome {
 static unsigned default_outcome;
 
 /* `outcome=N` from the command line, 0 if absent or not a number below 256. */
-static unsigned cmdline_outcome(const char *cmdline)
+static unsigned cmdline_outcome(void)
 {
-    static const char key[] = "outcome=";
-    for (const char *at = cmdline; *at; at++) {
-        if ((at == cmdline || at[-1] == ' ') && strncmp(at, key, sizeof(key) - 1) == 0) {
-            unsigned value = 0;
-            const char *digit = at + sizeof(key) - 1;
-            if (*digit < '0' || *digit > '9')
-                return 0;
-            for (; *digit >= '0' && *digit <= '9'; digit++) {
-                value = value * 10 + (unsigned)(*digit - '0');
-                if (value > 255)
-                    return 0;
-            }
-            return value;
-        }
+    const char *digit = rt_cmdline_value("outcome");
+    if (!digit || *digit < '0' || *digit > '9')
+        return 0;
+    unsigned value = 0;
+    for (; *digit >= '0' && *digit <= '9'; digit++) {
+        value = value * 10 + (unsigned)(*digit - '0');
+        if (value > 255)
+            return 0;
     }
-    return 0;
+    return value;
 }
 
 static volatile uint32_t divisor; /* 0: the compiler cannot see the division by zero coming */
@@ -89,7 +83,7 @@ static int test_one_input(const uint8_t *data, size_t size)
 
 int main(void)
 {
-    default_outcome = cmdline_outcome(rt_cmdline());
+    default_outcome = cmdline_outcome();
     rt_printf("fuzz-paths: outcome %u for an empty input\n", default_outcome);
     rt_fuzz_run(test_one_input);
 }

@@ -57,6 +57,15 @@ pub fn linux_program_path(name: &str) -> Option<PathBuf> {
         .map(|program| guest_dir().join(program))
 }
 
+/// The path of the native (host) fuzz harness called `name` (see [`NATIVE_HARNESSES`]), if there
+/// is one: e.g. `simg-stdin`, the demo target's parser reading one input from stdin.
+pub fn native_harness_path(name: &str) -> Option<PathBuf> {
+    NATIVE_HARNESSES
+        .iter()
+        .find(|harness| **harness == name)
+        .map(|harness| guest_dir().join(harness))
+}
+
 /// `snapshot-demo` (`linux-programs/snapshot-demo.c`): SAVE, change a variable, RESTORE through
 /// `/sys/bus/pci/devices/0000:00:04.0/resource0`; prints `snapshot-demo: PASS ...` and exits 0
 /// when the variable rolled back and execution continued after the SAVE.
@@ -88,5 +97,7 @@ pub mod exit_code {
     }
 }
 
+#[cfg(test)]
+mod fuzz_target_tests;
 #[cfg(test)]
 mod tests;

@@ -139,6 +139,8 @@ fn every_runtime_guest_has_a_pvh_twin_and_the_test_guests_exist() {
         "snapshot-stress",
         "snapshot-bench",
         "snapshot-commands",
+        "fuzz-demo",
+        "fuzz-paths",
     ] {
         assert!(
             names.contains(&expected),

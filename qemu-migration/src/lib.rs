@@ -1,6 +1,15 @@
 //! QEMU 7.2's migration stream format (see `shared/qemu-migration-stream.md`): a streaming reader
 //! and writer, typed models of the x86 machine sections, and the mapping between snapvmm's
 //! machine state and those sections. No KVM in this crate.
+//!
+//! For a VMM:
+//! - export: `export_machine(&ExportParts { vm, serial, cmos, .. }, &mut GuestRamSource::new(
+//!   MachineType::Microvm, &imported.memory_regions, &mut guest_memory)?, out)` writes a `microvm` stream;
+//! - import: `import_machine(input, &mut GuestRamSink::new(&mut guest_memory).with_zeroed_memory(),
+//!   &ImportOptions { cpuid, host_monotonic_ns, .. })` reads `microvm`, `pc-i440fx-7.2` or
+//!   `pc-q35-7.2` and returns the `VmState`, UART and CMOS states, RAM size and run state;
+//!   `guest_memory` implements `machine::ram_map::GuestMemory` (its `prepare` is called with the
+//!   stream's RAM regions before any page).
 
 pub mod format;
 pub mod hflags;

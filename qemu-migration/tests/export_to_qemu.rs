@@ -42,13 +42,17 @@ fn reencode(original: &[u8], running: bool) -> (Vec<u8>, qemu_migration::Importe
     assert_eq!(imported.ram_bytes, u64::from(MEM_MIB) << 20);
     let regions = imported.memory_regions.clone();
     let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).unwrap();
+    let realtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     let parts = ExportParts {
         vcpus: &imported.vcpus,
         vm: &imported.vm,
         serial: imported.serial.as_ref(),
-        cmos: None,
+        cmos: imported.cmos.as_ref(),
         host_monotonic_ns: 0,
-        host_realtime_ns: 0,
+        host_realtime_ns: realtime,
         virtual_clock_ns: Some(imported.virtual_clock_ns),
         running,
     };
@@ -250,6 +254,111 @@ fn qemu_starts_a_running_export_by_itself() {
         status = qemu.status();
     }
     assert_eq!(status, "running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(qemu.status(), "running");
+    let stderr = qemu.quit();
+    assert!(!stderr.contains("load of migration failed"), "{stderr}");
+}
+
+#[test]
+fn qemu_loads_an_export_with_serial_and_rtc() {
+    let machine = "microvm,rtc=on";
+    let original = common::capture(machine, MEM_MIB, 300, DEST_ARGS);
+    let (exported, imported) = reencode(&original, false);
+    let cmos = imported
+        .cmos
+        .as_ref()
+        .expect("rtc=on streams carry the RTC");
+    assert!(cmos.clock_offset_seconds.abs() < 5);
+    let parsed = read_stream(
+        &exported[..],
+        &mut DiscardRam::default(),
+        &ReadLimits::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        parsed.section("mc146818rtc", 0),
+        Some(SectionState::Rtc(_))
+    ));
+    assert!(matches!(
+        parsed.section("serial", 0),
+        Some(SectionState::Serial(_))
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "export.bin", &exported);
+    let incoming = format!("exec:cat {}", path.display());
+    let mut args: Vec<&str> = DEST_ARGS.to_vec();
+    args.extend(["-incoming", &incoming]);
+    let mut qemu = common::Qemu::start(machine, MEM_MIB, &args);
+    let mut status = qemu.status();
+    for _ in 0..200 {
+        if status != "inmigrate" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        status = qemu.status();
+    }
+    assert_eq!(status, "paused");
+    qemu.execute("cont", json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(qemu.status(), "running");
+    let stderr = qemu.quit();
+    assert!(!stderr.contains("load of migration failed"), "{stderr}");
+}
+
+#[test]
+fn two_vcpus_round_trip_and_load() {
+    let args: &[&str] = &["-serial", "null", "-smp", "2"];
+    let original = common::capture("microvm", MEM_MIB, 300, args);
+    let (exported, imported) = reencode(&original, false);
+    assert_eq!(imported.vcpus.len(), 2);
+    let parsed = read_stream(
+        &exported[..],
+        &mut DiscardRam::default(),
+        &ReadLimits::default(),
+    )
+    .unwrap();
+    for instance in [0, 1] {
+        let orig = read_stream(
+            &original[..],
+            &mut DiscardRam::default(),
+            &ReadLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            orig.section("apic", instance),
+            parsed.section("apic", instance),
+            "apic {instance}"
+        );
+        let (Some(SectionState::Cpu(a)), Some(SectionState::Cpu(b))) = (
+            orig.section("cpu", instance),
+            parsed.section("cpu", instance),
+        ) else {
+            panic!("cpu {instance}")
+        };
+        assert_eq!(
+            (a.eip, a.mp_state, a.segs),
+            (b.eip, b.mp_state, b.segs),
+            "cpu {instance}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "export.bin", &exported);
+    let incoming = format!("exec:cat {}", path.display());
+    let mut dest: Vec<&str> = args.to_vec();
+    dest.extend(["-incoming", &incoming]);
+    let mut qemu = common::Qemu::start("microvm", MEM_MIB, &dest);
+    let mut status = qemu.status();
+    for _ in 0..200 {
+        if status != "inmigrate" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        status = qemu.status();
+    }
+    assert_eq!(status, "paused");
+    qemu.execute("cont", json!({}));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(qemu.status(), "running");
     let stderr = qemu.quit();

@@ -134,3 +134,158 @@ fn q35_stream_parses() {
     let bytes = common::capture("q35", 32, 300, &[]);
     check_common("pc-q35-7.2", &bytes, "pc.ram", 32 << 20);
 }
+
+/// Imports a stream of `machine` into guest memory by placement and checks the machine state.
+fn import_into_memory(
+    machine: &str,
+    args: &[&str],
+) -> (
+    qemu_migration::ImportedMachine,
+    qemu_migration::machine::ram_map::VecGuestMemory,
+    Vec<u8>,
+) {
+    use qemu_migration::machine::ram_map::{GuestRamSink, VecGuestMemory};
+    let bytes = common::capture(machine, 32, 300, args);
+    let mut memory = VecGuestMemory::default();
+    let imported = qemu_migration::import_machine(
+        &bytes[..],
+        &mut GuestRamSink::new(&mut memory),
+        &qemu_migration::ImportOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{machine}: {e}"));
+    (imported, memory, bytes)
+}
+
+#[test]
+fn pc_and_q35_import_into_guest_memory() {
+    use qemu_migration::machine::ram_map::{place_blocks, Placement};
+    use qemu_migration::MachineType;
+    for (machine, expected) in [
+        ("pc", MachineType::PcI440fx72),
+        ("q35", MachineType::PcQ35_72),
+    ] {
+        let (imported, memory, bytes) = import_into_memory(machine, &["-serial", "null"]);
+        assert_eq!(imported.machine, expected);
+        assert_eq!(imported.ram_bytes, 32 << 20);
+        assert_eq!(imported.memory_regions.len(), 1);
+        assert!(!imported.running, "source was stopped");
+        assert!(imported.serial.is_some() && imported.cmos.is_some());
+        let cmos = imported.cmos.as_ref().unwrap();
+        // QEMU's CMOS holds the RAM size above 1 MiB in KiB at 0x30/0x31 (31 MiB here).
+        assert_eq!(
+            u16::from_le_bytes([cmos.ram[0x30], cmos.ram[0x31]]),
+            31 * 1024
+        );
+        assert!(
+            cmos.clock_offset_seconds.abs() < 5,
+            "guest RTC follows the host clock"
+        );
+        assert!(imported
+            .skipped_sections
+            .iter()
+            .any(|s| s.starts_with("hpet/")));
+        assert!(imported
+            .skipped_sections
+            .iter()
+            .any(|s| s.starts_with("fw_cfg/")));
+        // SeaBIOS runs from its copy in pc.ram (shadowed) or, early on, from the alias below
+        // 4 GiB: either way the code at the vCPU's linear RIP is in guest memory, not zero.
+        let vcpu = &imported.vcpus[0];
+        let linear = vcpu.sregs.cs.base + vcpu.regs.rip;
+        let (base, data) = memory
+            .regions
+            .iter()
+            .find(|(base, data)| linear >= *base && linear + 16 <= base + data.len() as u64)
+            .unwrap_or_else(|| {
+                panic!(
+                    "RIP {linear:#x} (cs {:?}) is in no guest memory {:?}",
+                    vcpu.sregs.cs,
+                    memory
+                        .regions
+                        .iter()
+                        .map(|(b, d)| (*b, d.len()))
+                        .collect::<Vec<_>>()
+                )
+            });
+        let at = (linear - base) as usize;
+        assert!(
+            data[at..at + 16].iter().any(|&b| b != 0),
+            "no code at RIP {linear:#x}"
+        );
+        assert_eq!(imported.firmware_regions.len(), 1);
+        assert_eq!(
+            imported.firmware_regions[0].guest_phys_addr + imported.firmware_regions[0].len,
+            1 << 32
+        );
+        let placements = place_blocks(expected, &imported.ram_blocks).unwrap();
+        for p in placements {
+            match p.block.as_str() {
+                "pc.ram" => assert!(matches!(p.placement, Placement::Ram(_))),
+                "pc.bios" => assert!(matches!(p.placement, Placement::Firmware { .. })),
+                _ => assert_eq!(p.placement, Placement::Dropped, "{}", p.block),
+            }
+        }
+        // Same registers as in the stream.
+        let parsed = read_stream(
+            &bytes[..],
+            &mut qemu_migration::ram::DiscardRam::default(),
+            &ReadLimits::default(),
+        )
+        .unwrap();
+        let Some(SectionState::Cpu(cpu)) = parsed.section("cpu", 0) else {
+            panic!()
+        };
+        assert_eq!(imported.vcpus[0].regs.rip, cpu.eip);
+        assert_eq!(
+            imported.vcpus[0].sregs.cs.selector as u32,
+            cpu.segs[1].selector
+        );
+        assert_eq!(imported.vcpus[0].tsc(), Some(cpu.tsc));
+    }
+}
+
+#[test]
+fn microvm_firmware_is_placed_over_ram() {
+    use qemu_migration::machine::ram_map::{place_blocks, Placement};
+    let (imported, memory, _) = import_into_memory("microvm", &[]);
+    let placements = place_blocks(imported.machine, &imported.ram_blocks).unwrap();
+    let bios = placements.iter().find(|p| p.block == "pc.bios").unwrap();
+    assert_eq!(
+        bios.placement,
+        Placement::Firmware {
+            gpa: 0x10_0000 - bios.len
+        }
+    );
+    // qboot's reset vector jump sits in the last 16 bytes below 1 MiB.
+    let ram = &memory.regions[0].1;
+    assert!(ram[0xffff0..0x100000].iter().any(|&b| b != 0));
+    let rip = imported.vcpus[0].regs.rip as usize;
+    assert!(
+        (0xf0000..0x100000).contains(&rip),
+        "qboot runs from its ROM: {rip:#x}"
+    );
+    assert!(ram[rip..rip + 16].iter().any(|&b| b != 0));
+}
+
+#[test]
+fn tcg_stream_imports_without_kvmclock() {
+    let bytes = common::capture_with_accel("pc", "tcg", 32, 500, &[]);
+    let parsed = read_stream(
+        &bytes[..],
+        &mut qemu_migration::ram::DiscardRam::default(),
+        &ReadLimits::default(),
+    )
+    .expect("TCG stream parses");
+    assert!(parsed.section("kvmclock", 0).is_none());
+    let mut memory = qemu_migration::machine::ram_map::VecGuestMemory::default();
+    let imported = qemu_migration::import_machine(
+        &bytes[..],
+        &mut qemu_migration::machine::ram_map::GuestRamSink::new(&mut memory),
+        &qemu_migration::ImportOptions::default(),
+    )
+    .unwrap();
+    let Some(SectionState::Timer(timer)) = parsed.section("timer", 0) else {
+        panic!()
+    };
+    assert_eq!(imported.vm.clock.clock, timer.cpu_clock_offset as u64);
+}

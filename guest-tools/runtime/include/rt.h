@@ -64,6 +64,9 @@ RT_NORETURN void rt_abort(const char *message);
 /* ---- machine information */
 const struct rt_boot_info *rt_boot_info(void);
 const char *rt_cmdline(void);
+/* The value of `key=VALUE` in the command line (the first one at the start or after a space): a
+ * pointer to VALUE, which ends at the next space or the end; NULL if the key is absent. */
+const char *rt_cmdline_value(const char *key);
 /* The privilege level the program runs at, from the CS selector's RPL. */
 unsigned rt_cpl(void);
 

@@ -49,6 +49,17 @@ const char *rt_cmdline(void)
     return boot_info->cmdline;
 }
 
+const char *rt_cmdline_value(const char *key)
+{
+    size_t key_length = strlen(key);
+    const char *cmdline = boot_info->cmdline;
+    for (const char *at = cmdline; *at; at++) {
+        if ((at == cmdline || at[-1] == ' ') && strncmp(at, key, key_length) == 0 && at[key_length] == '=')
+            return at + key_length + 1;
+    }
+    return NULL;
+}
+
 unsigned rt_cpl(void)
 {
     uint16_t cs;

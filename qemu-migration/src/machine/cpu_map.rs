@@ -184,7 +184,7 @@ fn apic_next_timer(apic: &mut ApicSection, now: i64) {
         if apic.initial_count == 0 {
             return;
         }
-        (elapsed / period + 1) * period
+        (elapsed / period + 1).wrapping_mul(period)
     } else {
         if elapsed >= u64::from(apic.initial_count) {
             return;

@@ -9,7 +9,7 @@ use snapshot::vm_state::{VcpuState, VmState};
 use thiserror::Error;
 
 use super::cpu_map::{self, CpuMapError};
-use super::ram_map::{guest_regions, MemoryRegionState};
+use super::ram_map::{firmware_regions, guest_regions, place_blocks, MemoryRegionState};
 use super::{device_map, irqchip_map, MachineType};
 use crate::ram::{RamBlock, RamSink};
 use crate::reader::{read_stream, ReadError, ReadLimits};
@@ -58,6 +58,8 @@ pub struct ImportedMachine {
     pub serial: Option<SerialDeviceState>,
     pub cmos: Option<CmosState>,
     pub ram_blocks: Vec<RamBlock>,
+    /// Firmware the guest sees outside RAM (pc/q35's BIOS below 4 GiB), to map besides RAM.
+    pub firmware_regions: Vec<crate::machine::ram_map::MemoryRegionState>,
     /// Size of the main RAM block (the guest's RAM).
     pub ram_bytes: u64,
     /// The source's run state was `running` (else the guest waits for `cont`).
@@ -160,7 +162,11 @@ pub fn import_machine<R: Read>(
         vcpu.validate()
             .map_err(|e| ImportError::State(e.to_string()))?;
     }
+    let firmware_regions = place_blocks(machine, &parsed.ram_blocks)
+        .map(|placements| firmware_regions(machine, &placements))
+        .unwrap_or_default();
     Ok(ImportedMachine {
+        firmware_regions,
         machine,
         vcpus,
         memory_regions: guest_regions(machine, ram_bytes),

@@ -24,8 +24,9 @@ pub enum RamMapError {
 pub enum Placement {
     /// Guest RAM: block offset ranges at guest-physical addresses.
     Ram(Vec<RamRange>),
-    /// Firmware shown over RAM at `gpa` (microvm's qboot at 0xF0000): written there, and RAM pages
-    /// under it are dropped, as the guest sees the firmware.
+    /// Firmware at `gpa`: microvm's qboot at 0xF0000 (over RAM: the RAM pages under it are
+    /// dropped, as the guest sees the firmware), pc/q35's BIOS just below 4 GiB (outside RAM: the
+    /// VMM maps it, see `firmware_regions`).
     Firmware { gpa: u64 },
     /// Parsed and dropped (firmware and fw_cfg blobs the guest already consumed, see README.md).
     Dropped,
@@ -109,9 +110,15 @@ pub fn place_blocks(
                     gpa: FIRST_MIB - block.used_length,
                 }
             } else if block.name == "pc.bios"
-                || block.name == "pc.rom"
-                || block.name.starts_with("/rom@etc/")
+                && machine != MachineType::Microvm
+                && block.used_length <= FOUR_GIB / 16
             {
+                // The reset alias just below 4 GiB; the low copy at 0xE0000-0xFFFFF is pc.ram
+                // shadowed by the chipset (PAM), so it is in the main block already.
+                Placement::Firmware {
+                    gpa: FOUR_GIB - block.used_length,
+                }
+            } else if block.name == "pc.rom" || block.name.starts_with("/rom@etc/") {
                 Placement::Dropped
             } else {
                 return Err(RamMapError::UnknownBlock(block.name.clone()));
@@ -125,10 +132,43 @@ pub fn place_blocks(
         .collect()
 }
 
+/// Firmware placed outside guest RAM (memory the VMM maps in addition to RAM).
+pub fn firmware_regions(
+    machine: MachineType,
+    placements: &[BlockPlacement],
+) -> Vec<MemoryRegionState> {
+    let ram_bytes = placements
+        .iter()
+        .find(|p| p.block == machine.main_ram_block())
+        .map_or(0, |p| p.len);
+    let ram = guest_regions(machine, ram_bytes);
+    placements
+        .iter()
+        .filter_map(|p| match p.placement {
+            Placement::Firmware { gpa } => Some(MemoryRegionState {
+                guest_phys_addr: gpa,
+                len: p.len,
+            }),
+            _ => None,
+        })
+        .filter(|fw| {
+            !ram.iter().any(|r| {
+                fw.guest_phys_addr >= r.guest_phys_addr
+                    && fw.guest_phys_addr < r.guest_phys_addr + r.len
+            })
+        })
+        .collect()
+}
+
 /// Guest memory addressed by guest-physical address (the VMM's guest RAM).
 pub trait GuestMemory {
-    /// Called once with the regions the stream's main RAM block needs, before any page.
-    fn prepare(&mut self, regions: &[MemoryRegionState]) -> Result<(), RamAccessError>;
+    /// Called once, before any page, with the RAM regions the stream's main block needs and the
+    /// firmware regions outside RAM (e.g. pc's BIOS below 4 GiB; map them read-only or as RAM).
+    fn prepare(
+        &mut self,
+        ram: &[MemoryRegionState],
+        firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError>;
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError>;
     fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError>;
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError>;
@@ -140,6 +180,9 @@ pub struct GuestRamSink<'a> {
     placements: Vec<BlockPlacement>,
     firmware_windows: Vec<(u64, u64)>,
     machine: Option<MachineType>,
+    /// With zero-filled fresh memory: one bit per main-block page written so far, so a zero page
+    /// needs a write only when an earlier record of the stream put data there.
+    written: Option<Vec<u64>>,
 }
 
 impl<'a> GuestRamSink<'a> {
@@ -149,6 +192,32 @@ impl<'a> GuestRamSink<'a> {
             placements: Vec::new(),
             firmware_windows: Vec::new(),
             machine: None,
+            written: None,
+        }
+    }
+
+    /// The guest memory `prepare` sets up is zero-filled (fresh anonymous memory): zero pages of
+    /// the main block are then not written unless the stream wrote that page before, which keeps
+    /// untouched guest memory unallocated. Costs one bit per page of the declared RAM.
+    pub fn with_zeroed_memory(mut self) -> Self {
+        self.written = Some(Vec::new());
+        self
+    }
+
+    /// Marks a main-block page written; returns whether it had been written before.
+    fn mark_written(&mut self, block: &str, offset: u64) -> bool {
+        let main = self.machine.map(|m| m.main_ram_block());
+        let Some(bits) = self.written.as_mut().filter(|_| main == Some(block)) else {
+            return true;
+        };
+        let page = (offset / PAGE_SIZE as u64) as usize;
+        match bits.get_mut(page / 64) {
+            Some(word) => {
+                let before = *word & (1 << (page % 64)) != 0;
+                *word |= 1 << (page % 64);
+                before
+            }
+            None => true,
         }
     }
 
@@ -204,21 +273,34 @@ impl RamSink for GuestRamSink<'_> {
             .iter()
             .find(|b| b.name == machine.main_ram_block())
             .map_or(0, |b| b.used_length);
-        self.memory.prepare(&guest_regions(machine, main))
+        let firmware = firmware_regions(machine, &self.placements);
+        let ram = guest_regions(machine, main);
+        if let Some(bits) = self.written.as_mut() {
+            *bits = vec![0; (main / PAGE_SIZE as u64).div_ceil(64) as usize];
+        }
+        // Only firmware windows inside RAM hide RAM pages.
+        self.firmware_windows
+            .retain(|(start, _)| !firmware.iter().any(|f| f.guest_phys_addr == *start));
+        self.memory.prepare(&ram, &firmware)
     }
 
     fn write_page(&mut self, block: &str, offset: u64, data: &[u8]) -> Result<(), RamAccessError> {
-        match self.target(block, offset)? {
-            Some(gpa) => self.memory.write(gpa, data),
-            None => Ok(()),
-        }
+        let Some(gpa) = self.target(block, offset)? else {
+            return Ok(());
+        };
+        self.mark_written(block, offset);
+        self.memory.write(gpa, data)
     }
 
     fn fill(&mut self, block: &str, offset: u64, byte: u8) -> Result<(), RamAccessError> {
-        match self.target(block, offset)? {
-            Some(gpa) => self.memory.fill(gpa, PAGE_SIZE, byte),
-            None => Ok(()),
+        let Some(gpa) = self.target(block, offset)? else {
+            return Ok(());
+        };
+        let written_before = self.mark_written(block, offset);
+        if byte == 0 && !written_before {
+            return Ok(());
         }
+        self.memory.fill(gpa, PAGE_SIZE, byte)
     }
 }
 
@@ -309,9 +391,14 @@ impl VecGuestMemory {
 }
 
 impl GuestMemory for VecGuestMemory {
-    fn prepare(&mut self, regions: &[MemoryRegionState]) -> Result<(), RamAccessError> {
-        self.regions = regions
+    fn prepare(
+        &mut self,
+        ram: &[MemoryRegionState],
+        firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError> {
+        self.regions = ram
             .iter()
+            .chain(firmware)
             .map(|r| {
                 usize::try_from(r.len)
                     .map(|len| (r.guest_phys_addr, vec![0u8; len]))

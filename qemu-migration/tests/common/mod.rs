@@ -35,11 +35,16 @@ fn qemu_version_check() {
 impl Qemu {
     /// Starts QEMU with a QMP socket; `args` come after the common options.
     pub fn start(machine: &str, mem_mib: u32, args: &[&str]) -> Qemu {
+        Qemu::start_with_accel(machine, "kvm", mem_mib, args)
+    }
+
+    /// Starts QEMU with accelerator `accel` (`kvm` or `tcg`).
+    pub fn start_with_accel(machine: &str, accel: &str, mem_mib: u32, args: &[&str]) -> Qemu {
         qemu_version_check();
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("qmp.sock");
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-M", machine, "-accel", "kvm", "-m"])
+        cmd.args(["-M", machine, "-accel", accel, "-m"])
             .arg(mem_mib.to_string())
             .args(["-nodefaults", "-display", "none", "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
@@ -148,7 +153,18 @@ impl Qemu {
 
 /// Lets the firmware run for `run_ms`, then saves a stream of `machine` and returns its bytes.
 pub fn capture(machine: &str, mem_mib: u32, run_ms: u64, args: &[&str]) -> Vec<u8> {
-    let mut qemu = Qemu::start(machine, mem_mib, args);
+    capture_with_accel(machine, "kvm", mem_mib, run_ms, args)
+}
+
+/// `capture` with accelerator `accel`.
+pub fn capture_with_accel(
+    machine: &str,
+    accel: &str,
+    mem_mib: u32,
+    run_ms: u64,
+    args: &[&str],
+) -> Vec<u8> {
+    let mut qemu = Qemu::start_with_accel(machine, accel, mem_mib, args);
     std::thread::sleep(Duration::from_millis(run_ms));
     let path = qemu.dir.path().join("stream.bin");
     qemu.save(&path);
