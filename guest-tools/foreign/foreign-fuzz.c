@@ -5,13 +5,15 @@
  * and its own coverage: hand-placed AFL-style edges written into BAR4
  * (map[(cur ^ prev) & mask]++, prev = cur >> 1, with a fixed random id per location).
  *
- * A small command interpreter with three planted bugs, each behind byte-by-byte comparisons
- * that each give a new edge:
- *   "FZ" 'C' "RSH"  -> CRASH through the device, code 0xc0de, FAULT_PC = the crash site
- *   "FZ" 'X' "PL"   -> a write to 0x10000000000 (not mapped: the tables stop at 4 GiB): #PF
- *                      with no IDT, i.e. a triple fault
- *   "FZ" 'H' "NG"   -> a loop that never ends (the harness's timeout)
- * Everything else ends the run with DONE.
+ * A small command interpreter with three planted bugs, each behind three byte comparisons (the
+ * first shared) that each give a new edge:
+ *   "FCR"  -> CRASH through the device, code 0xc0de, FAULT_PC = the crash site
+ *   "FXP"  -> a write to 0x10000000000 (not mapped: the tables stop at 4 GiB): #PF with no IDT,
+ *             i.e. a triple fault
+ *   "FHN"  -> a loop that never ends (the harness's timeout)
+ * Everything else ends the run with DONE. Seven distinct byte values to find in all, each one
+ * step of coverage: with havoc mutations some 10^5 executions each at most, minutes at
+ * thousands of executions per second.
  *
  * An empty input (plain `snapvmm run`: nothing writes BAR2) uses `bug=crash|exception|hang|none`
  * from the command line (default none). Prints one line before the SAVE, nothing per run.
@@ -59,13 +61,7 @@ static void done(void)
 static __attribute__((noinline)) void crash_branch(const volatile uint8_t *d, uint32_t n)
 {
     EDGE(0x5c1d);
-    if (n < 6 || d[3] != 'R')
-        return;
-    EDGE(0x1f3a);
-    if (d[4] != 'S')
-        return;
-    EDGE(0x6b72);
-    if (d[5] != 'H')
+    if (n < 3 || d[2] != 'R')
         return;
     EDGE(0x2e91);
     report_crash(CRASH_CODE);
@@ -74,10 +70,7 @@ static __attribute__((noinline)) void crash_branch(const volatile uint8_t *d, ui
 static __attribute__((noinline)) void exception_branch(const volatile uint8_t *d, uint32_t n)
 {
     EDGE(0x0ad4);
-    if (n < 5 || d[3] != 'P')
-        return;
-    EDGE(0x7713);
-    if (d[4] != 'L')
+    if (n < 3 || d[2] != 'P')
         return;
     EDGE(0x39e8);
     *(volatile uint64_t *)(uintptr_t)WILD_ADDRESS = 1;
@@ -86,10 +79,7 @@ static __attribute__((noinline)) void exception_branch(const volatile uint8_t *d
 static __attribute__((noinline)) void hang_branch(const volatile uint8_t *d, uint32_t n)
 {
     EDGE(0x48c6);
-    if (n < 5 || d[3] != 'N')
-        return;
-    EDGE(0x12ef);
-    if (d[4] != 'G')
+    if (n < 3 || d[2] != 'N')
         return;
     EDGE(0x6f05);
     for (;;)
@@ -100,15 +90,12 @@ static void run(const volatile uint8_t *d, uint32_t n)
 {
     previous_location = 0;
     EDGE(0x3a41);
-    if (n < 3)
+    if (n < 2)
         return;
     if (d[0] != 'F')
         return;
     EDGE(0x0f17);
-    if (d[1] != 'Z')
-        return;
-    EDGE(0x54b0);
-    switch (d[2]) {
+    switch (d[1]) {
     case 'C':
         crash_branch(d, n);
         break;
@@ -124,9 +111,9 @@ static void run(const volatile uint8_t *d, uint32_t n)
     }
 }
 
-static const uint8_t builtin_crash[] = "FZCRSH";
-static const uint8_t builtin_exception[] = "FZXPL";
-static const uint8_t builtin_hang[] = "FZHNG";
+static const uint8_t builtin_crash[] = "FCR";
+static const uint8_t builtin_exception[] = "FXP";
+static const uint8_t builtin_hang[] = "FHN";
 
 NORETURN void foreign_main(const struct hvm_start_info *info)
 {

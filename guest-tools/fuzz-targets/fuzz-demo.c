@@ -2,11 +2,12 @@
  * fuzz-demo - the demo fuzz target: the SIMG image parser (simg/simg_parse.h) with its planted
  * bug, on the runtime's fuzz API. A run parses the input (BAR2) and ends with DONE (ARG 0 for an
  * accepted image, 1 for a rejected one); the bug ends it with a #PF that the runtime reports to
- * the device as EXCEPTION vector 14 (FAULT_PC = the faulting store in parse_data).
+ * the device as EXCEPTION vector 14 (FAULT_PC = the faulting store in parse_data, inlined into
+ * parse_chunks).
  *
  * Prints nothing per run. Command line: input=HEX (the input to use when INPUT_LEN is 0, e.g.
  * under plain `snapvmm run`, which writes no input; at most 256 bytes), e.g. the crashing
- * input: input=53494d470244045a10b541.
+ * input: input=5349440410b54100.
  */
 #include "rt.h"
 #include "simg/simg_parse.h"

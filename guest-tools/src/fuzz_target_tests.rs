@@ -11,7 +11,7 @@ const GUARD_SECTION: &str = "__sancov_guards";
 const GUARD_CALLBACK: &[u8] = b"__sanitizer_cov_trace_pc_guard";
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// The demo's crashing input, as documented in `fuzz-targets/simg/simg_parse.h`.
-const SIMG_CRASH: &[u8] = b"SIMG\x02D\x04Z\x10\xb5\x41";
+const SIMG_CRASH: &[u8] = b"SID\x04\x10\xb5\x41\x00";
 
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -202,15 +202,18 @@ const SIGSEGV: i32 = 11;
 
 #[test]
 fn demo_parser_accepts_and_rejects_images() {
-    // A header first, then the same run-length chunk: accepted.
+    // A header first, then the same run chunk: accepted.
     assert_eq!(
-        simg(b"SIMG\x02H\x03\x08\x08\x00D\x04Z\x10\xb5\x41E\x00"),
+        simg(b"SIH\x03\x08\x08\x00D\x04\x10\xb5\x41\x00E\x00"),
         Ok(0)
     );
-    assert_eq!(simg(b"SIMG\x01\x04\x04\x00"), Ok(0));
+    assert_eq!(simg(b"SI"), Ok(0));
+    assert_eq!(simg(b"SIP\x03\x01\x02\x03"), Ok(0));
     assert_eq!(simg(b""), Ok(1));
     assert_eq!(simg(b"PNG\x89...."), Ok(1));
-    assert_eq!(simg(b"SIMG\x03"), Ok(1));
+    assert_eq!(simg(b"SIX\x00"), Ok(1));
+    // A run longer than the pixel buffer after a header is refused, not written.
+    assert_eq!(simg(b"SIH\x03\x08\x08\xffD\x04\xff\x5a\x41\x00"), Ok(1));
 }
 
 #[test]
@@ -223,13 +226,15 @@ fn demo_bug_needs_every_comparison_on_its_path() {
             "prefix of {length} crashed"
         );
     }
-    // Changing any byte but the pixel value (the last) leaves the path: each one is compared.
-    for at in 0..SIMG_CRASH.len() - 1 {
+    // Changing any byte but the pixel value and the padding (the last two) leaves the path:
+    // each one is compared.
+    for at in 0..SIMG_CRASH.len() - 2 {
         let mut input = SIMG_CRASH.to_vec();
         input[at] ^= 0xff;
         assert!(simg(&input).is_ok(), "byte {at} changed still crashes");
     }
     let mut input = SIMG_CRASH.to_vec();
-    input[SIMG_CRASH.len() - 1] = 0;
+    input[SIMG_CRASH.len() - 2] = 0;
+    input[SIMG_CRASH.len() - 1] = 0xff;
     assert_eq!(simg(&input), Err(SIGSEGV));
 }

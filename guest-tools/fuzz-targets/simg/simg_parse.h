@@ -1,23 +1,26 @@
 /*
- * simg_parse.h - the parser behind the demo fuzz target: "SIMG", a small chunked image format
+ * simg_parse.h - the parser behind the demo fuzz target: SIMG, a small chunked image format
  * with a planted bug several dependent comparisons deep. Included by the bare-metal target
  * (fuzz-targets/fuzz-demo.c, on the runtime) and by the native harness
  * (fuzz-targets/native/simg-stdin.c, for AFL++ and host tests), so both fuzz the same code.
  *
- * Format: "SIMG", a version byte (1 or 2), then (version 2) chunks of [type, length, data...]:
+ * Format: the magic "SI", then chunks of [type, length, data...]:
  *   'H' header   width, height, offset (>= 3 bytes): points the image at its pixel buffer
  *   'P' palette  up to 16 RGB entries
- *   'D' data     data[0] = 'Z': a run of data[1] pixels of value data[3], with the check byte
- *                data[2] == data[1] ^ 0xa5 (>= 4 bytes); anything else copies raw bytes
+ *   'D' data     a run: data[0] pixels of value data[2], with the check byte
+ *                data[1] == data[0] ^ 0xa5 (>= 4 bytes)
  *   'E' end
  * simg_parse returns 0 for an image it accepts, -1 otherwise.
  *
- * The bug: a run-length 'D' chunk before any 'H' chunk writes through the pixel pointer while it
- * is still NULL, at 0x40 + offset: a page fault (#PF, vector 14; SIGSEGV natively). Every step
- * towards it is its own comparison, so each gives new coverage a fuzzer can climb: the magic
- * byte by byte (4), the version (1), the chunk type (1), the chunk length fitting the input and
- * being >= 4 (2), the 'Z' (1), the check byte (1), a non-zero run (1).
- * A crashing input: "SIMG" 02 'D' 04 'Z' 10 b5 41.
+ * The bug: a 'D' chunk before any 'H' chunk writes through the pixel pointer while it is still
+ * NULL, at 0x40 + offset: a page fault (#PF, vector 14; SIGSEGV natively). Every step towards it
+ * is its own comparison, so each gives new coverage a fuzzer can climb: the magic byte by byte
+ * (2), the chunk type (1), the chunk length fitting the input and being >= 4 (2), the check
+ * byte (1), a non-zero run (1, nearly always true). Three of them need one particular byte value
+ * (1 in 256 for a random byte): with havoc mutations alone, without a dictionary or comparison
+ * feedback, each such step takes some 10^4-10^5 executions, which is what "found in about a
+ * minute at 5-10k executions per second" allows; a deeper chain would not be.
+ * A crashing input: "SI" 'D' 04 10 b5 41 00.
  */
 #ifndef SIMG_PARSE_H
 #define SIMG_PARSE_H
@@ -32,7 +35,6 @@ struct image {
     uint32_t width, height, offset;
     uint8_t palette[16][3];
     uint32_t palette_entries;
-    uint32_t checksum;
 };
 
 static uint8_t pixel_buffer[64 * 64];
@@ -68,23 +70,15 @@ static int parse_data(struct image *img, const uint8_t *data, size_t length)
 {
     if (length < 4)
         return -1;
-    if (data[0] == 'Z') {
-        uint8_t run = data[1];
-        if ((uint8_t)(run ^ 0xa5) != data[2])
-            return -1; /* bad check byte */
-        /* BUG: no check that a header chunk set img->pixels up. */
-        volatile uint8_t *out = (volatile uint8_t *)((uintptr_t)img->pixels + img->offset * 4096u + 64u);
-        if (img->pixels && img->offset + run > sizeof(pixel_buffer))
-            return -1;
-        for (uint32_t i = 0; i < run; i++)
-            out[i] = data[3];
-        return 0;
-    }
-    if (!img->pixels)
-        return -1;
-    size_t capacity = (size_t)img->width * img->height;
-    for (size_t i = 0; i + 1 < length && i < capacity; i++)
-        img->pixels[i] = data[i + 1];
+    uint8_t run = data[0];
+    if ((uint8_t)(run ^ 0xa5) != data[1])
+        return -1; /* bad check byte */
+    if (img->pixels && img->offset + run > img->width * img->height)
+        return -1; /* past the image */
+    /* BUG: no check that a header chunk set img->pixels up. */
+    volatile uint8_t *out = (volatile uint8_t *)((uintptr_t)img->pixels + img->offset + 64u);
+    for (uint32_t i = 0; i < run; i++)
+        out[i] = data[2];
     return 0;
 }
 
@@ -116,8 +110,6 @@ static int parse_chunks(struct image *img, const uint8_t *data, size_t length)
         }
         if (result != 0)
             return result;
-        for (size_t i = 0; i < chunk_length; i++)
-            img->checksum = img->checksum * 31 + chunk[i];
         at += 2 + chunk_length;
     }
     return 0;
@@ -128,22 +120,11 @@ static int simg_parse(const uint8_t *data, size_t length)
     struct image img;
     memset(&img, 0, sizeof(img));
     /* The magic byte by byte: each matching byte is a new edge. */
-    if (length < 5 || data[0] != 'S')
+    if (length < 2 || data[0] != 'S')
         return -1;
     if (data[1] != 'I')
         return -1;
-    if (data[2] != 'M')
-        return -1;
-    if (data[3] != 'G')
-        return -1;
-    switch (data[4]) {
-    case 1: /* version 1: a bare header, no chunks */
-        return length >= 8 ? parse_header(&img, data + 5, 3) : -1;
-    case 2:
-        return parse_chunks(&img, data + 5, length - 5);
-    default:
-        return -1;
-    }
+    return parse_chunks(&img, data + 2, length - 2);
 }
 
 #endif
