@@ -79,10 +79,6 @@ pub fn export_machine<W: Write>(
             cpu_clock_offset: virtual_now,
         }),
     )];
-    for vcpu in parts.vcpus {
-        vcpu.validate()
-            .map_err(|e| ExportError::State(e.to_string()))?;
-    }
     for (index, vcpu) in parts.vcpus.iter().enumerate() {
         let (common, cpu) = cpu_map::cpu_from_vcpu(vcpu)?;
         let apic = cpu_map::apic_from_vcpu(vcpu, virtual_now);

@@ -158,10 +158,6 @@ pub fn import_machine<R: Read>(
     };
     vm.validate()
         .map_err(|e| ImportError::State(e.to_string()))?;
-    for vcpu in &vcpus {
-        vcpu.validate()
-            .map_err(|e| ImportError::State(e.to_string()))?;
-    }
     let firmware_regions = place_blocks(machine, &parsed.ram_blocks)
         .map(|placements| firmware_regions(machine, &placements))
         .unwrap_or_default();
