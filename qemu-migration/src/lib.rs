@@ -4,7 +4,7 @@
 //!
 //! For a VMM:
 //! - export: `export_machine(&ExportParts { vm, serial, cmos, .. }, &mut GuestRamSource::new(
-//!   MachineType::Microvm, &vm.memory_regions, &mut guest_memory)?, out)` writes a `microvm` stream;
+//!   MachineType::Microvm, &imported.memory_regions, &mut guest_memory)?, out)` writes a `microvm` stream;
 //! - import: `import_machine(input, &mut GuestRamSink::new(&mut guest_memory).with_zeroed_memory(),
 //!   &ImportOptions { cpuid, host_monotonic_ns, .. })` reads `microvm`, `pc-i440fx-7.2` or
 //!   `pc-q35-7.2` and returns the `VmState`, UART and CMOS states, RAM size and run state;

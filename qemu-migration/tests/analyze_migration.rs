@@ -69,9 +69,10 @@ fn analyze_migration_reads_our_streams() {
         &ImportOptions::default(),
     )
     .unwrap();
-    let regions = imported.vm.memory_regions.clone();
+    let regions = imported.memory_regions.clone();
     let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).unwrap();
     let parts = ExportParts {
+        vcpus: &imported.vcpus,
         vm: &imported.vm,
         serial: imported.serial.as_ref(),
         cmos: None,

@@ -40,13 +40,14 @@ fn reencode(original: &[u8], running: bool) -> (Vec<u8>, qemu_migration::Importe
     };
     assert_eq!(imported.machine, MachineType::Microvm);
     assert_eq!(imported.ram_bytes, u64::from(MEM_MIB) << 20);
-    let regions = imported.vm.memory_regions.clone();
+    let regions = imported.memory_regions.clone();
     let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).unwrap();
     let realtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64;
     let parts = ExportParts {
+        vcpus: &imported.vcpus,
         vm: &imported.vm,
         serial: imported.serial.as_ref(),
         cmos: imported.cmos.as_ref(),
@@ -163,7 +164,7 @@ fn exported_cpu_state_matches_qemus() {
     );
     // Import -> export -> import gives the same machine state.
     let (_, again) = reencode(&exported, false);
-    let (x, y) = (&again.vm.vcpus[0], &imported.vm.vcpus[0]);
+    let (x, y) = (&again.vcpus[0], &imported.vcpus[0]);
     assert!(x.regs == y.regs, "regs");
     assert!(x.sregs == y.sregs, "sregs");
     assert!(x.xsave == y.xsave, "xsave");
@@ -311,7 +312,7 @@ fn two_vcpus_round_trip_and_load() {
     let args: &[&str] = &["-serial", "null", "-smp", "2"];
     let original = common::capture("microvm", MEM_MIB, 300, args);
     let (exported, imported) = reencode(&original, false);
-    assert_eq!(imported.vm.vcpus.len(), 2);
+    assert_eq!(imported.vcpus.len(), 2);
     let parsed = read_stream(
         &exported[..],
         &mut DiscardRam::default(),

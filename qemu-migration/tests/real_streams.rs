@@ -167,7 +167,7 @@ fn pc_and_q35_import_into_guest_memory() {
         let (imported, memory, bytes) = import_into_memory(machine, &["-serial", "null"]);
         assert_eq!(imported.machine, expected);
         assert_eq!(imported.ram_bytes, 32 << 20);
-        assert_eq!(imported.vm.memory_regions.len(), 1);
+        assert_eq!(imported.memory_regions.len(), 1);
         assert!(!imported.running, "source was stopped");
         assert!(imported.serial.is_some() && imported.cmos.is_some());
         let cmos = imported.cmos.as_ref().unwrap();
@@ -190,7 +190,7 @@ fn pc_and_q35_import_into_guest_memory() {
             .any(|s| s.starts_with("fw_cfg/")));
         // SeaBIOS runs from its copy in pc.ram (shadowed) or, early on, from the alias below
         // 4 GiB: either way the code at the vCPU's linear RIP is in guest memory, not zero.
-        let vcpu = &imported.vm.vcpus[0];
+        let vcpu = &imported.vcpus[0];
         let linear = vcpu.sregs.cs.base + vcpu.regs.rip;
         let (base, data) = memory
             .regions
@@ -235,12 +235,12 @@ fn pc_and_q35_import_into_guest_memory() {
         let Some(SectionState::Cpu(cpu)) = parsed.section("cpu", 0) else {
             panic!()
         };
-        assert_eq!(imported.vm.vcpus[0].regs.rip, cpu.eip);
+        assert_eq!(imported.vcpus[0].regs.rip, cpu.eip);
         assert_eq!(
-            imported.vm.vcpus[0].sregs.cs.selector as u32,
+            imported.vcpus[0].sregs.cs.selector as u32,
             cpu.segs[1].selector
         );
-        assert_eq!(imported.vm.vcpus[0].tsc(), Some(cpu.tsc));
+        assert_eq!(imported.vcpus[0].tsc(), Some(cpu.tsc));
     }
 }
 
@@ -259,7 +259,7 @@ fn microvm_firmware_is_placed_over_ram() {
     // qboot's reset vector jump sits in the last 16 bytes below 1 MiB.
     let ram = &memory.regions[0].1;
     assert!(ram[0xffff0..0x100000].iter().any(|&b| b != 0));
-    let rip = imported.vm.vcpus[0].regs.rip as usize;
+    let rip = imported.vcpus[0].regs.rip as usize;
     assert!(
         (0xf0000..0x100000).contains(&rip),
         "qboot runs from its ROM: {rip:#x}"

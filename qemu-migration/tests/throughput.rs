@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
+use qemu_migration::machine::ram_map::MemoryRegionState;
 use qemu_migration::machine::ram_map::{GuestRamSink, GuestRamSource, VecGuestMemory};
 use qemu_migration::reader::{read_stream, ReadLimits};
 use qemu_migration::writer::StreamWriter;
 use qemu_migration::MachineType;
-use snapshot::vm_state::MemoryRegionState;
 
 fn measure(label: &str, ram_bytes: u64, dense_bytes: u64) {
     let regions = [MemoryRegionState {

@@ -37,6 +37,4 @@ pub use snapshot_dir::{
     PayloadKind, SnapshotDirError,
 };
 pub use snapshot_memory::{FileMapping, SnapshotMemory, SnapshotMemoryError};
-pub use vm_state::{
-    DeviceState, IrqchipState, MemoryRegionState, MsrEntry, VcpuState, VmState, VmStateError,
-};
+pub use vm_state::{IrqchipState, MsrEntry, VcpuState, VmState, VmStateError};

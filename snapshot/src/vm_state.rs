@@ -20,17 +20,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::persist::PersistError;
-use crate::ram_layout::PAGE_SIZE;
 
 /// The legacy XSAVE area KVM_GET_XSAVE returns; KVM_GET_XSAVE2 may return more.
 pub const XSAVE_MIN_LEN: usize = 4096;
 /// Far above any current CPU's XSAVE area (AMX brings it to ~11 KiB).
 pub const XSAVE_MAX_LEN: usize = 1 << 20;
 pub const MAX_MSRS: usize = 1024;
-pub const MAX_VCPUS: usize = 1024;
-pub const MAX_MEMORY_REGIONS: usize = 64;
-pub const MAX_DEVICES: usize = 256;
-pub const MAX_DEVICE_NAME_LEN: usize = 64;
 /// Bytes of the irqchip union in `kvm_irqchip`.
 pub const IRQCHIP_STATE_LEN: usize = 512;
 
@@ -132,20 +127,10 @@ pub enum VmStateError {
     DuplicateMsr { vcpu: u32, index: u32 },
     #[error("vCPU {vcpu}: {why}")]
     BadVcpu { vcpu: u32, why: String },
-    #[error("the VM has {0} vCPUs (1..={MAX_VCPUS} allowed)")]
-    VcpuCount(usize),
-    #[error("vCPU id {0} appears twice")]
-    DuplicateVcpu(u32),
     #[error("{which} irqchip: {why}")]
     BadIrqchip { which: &'static str, why: String },
-    #[error("memory region {index}: {why}")]
-    BadMemoryRegion { index: usize, why: String },
-    #[error("{0} memory regions ({MAX_MEMORY_REGIONS} allowed)")]
-    TooManyMemoryRegions(usize),
-    #[error("device state {name:?}: {why}")]
-    BadDevice { name: String, why: String },
-    #[error("{0} device states ({MAX_DEVICES} allowed)")]
-    TooManyDevices(usize),
+    #[error("PIT channel {channel}: {why}")]
+    BadPit { channel: usize, why: String },
 }
 
 impl From<VmStateError> for PersistError {
@@ -231,6 +216,12 @@ impl VcpuState {
                 field: "msrs",
                 count: self.msrs.len(),
                 max: MAX_MSRS,
+            });
+        }
+        if self.cpuid.is_empty() {
+            return Err(VmStateError::BadVcpu {
+                vcpu,
+                why: "no CPUID entries (a vCPU cannot be restored without its CPU model)".into(),
             });
         }
         if self.cpuid.len() > KVM_MAX_CPUID_ENTRIES {
@@ -386,129 +377,85 @@ impl IrqchipState {
     }
 }
 
-/// A guest RAM region, in the order its pages appear in the snapshot memory file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryRegionState {
-    pub guest_phys_addr: u64,
-    pub len: u64,
-}
-
-/// The saved state of one emulated device (its `Persist` state, encoded by its owner).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceState {
-    pub name: String,
-    pub state: Vec<u8>,
-}
-
-/// Everything about the VM besides RAM contents.
+/// The VM-wide KVM state besides RAM: the in-kernel interrupt controllers, the PIT and the clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmState {
-    pub vcpus: Vec<VcpuState>,
     pub pic_master: IrqchipState,
     pub pic_slave: IrqchipState,
     pub ioapic: IrqchipState,
     pub pit: kvm_pit_state2,
     /// KVM_GET_CLOCK at capture time (kvmclock).
     pub clock: kvm_clock_data,
-    pub memory_regions: Vec<MemoryRegionState>,
-    pub devices: Vec<DeviceState>,
 }
 
+/// i8254 channel modes are 0-5; KVM keeps modes 6 and 7 as their aliases 2 and 3.
+const PIT_MAX_MODE: u8 = 5;
+/// The mode KVM gives a channel nobody has programmed since the PIT's reset.
+const PIT_MODE_UNPROGRAMMED: u8 = 0xff;
+/// Read/write access modes: 1 LSB, 2 MSB, 3 LSB then MSB (0 is the latch command, never stored).
+const PIT_RW_MODES: std::ops::RangeInclusive<u8> = 1..=3;
+/// PIC state as KVM_GET_IRQCHIP reports it for the fields with a fixed range.
+const PIC_MAX_READ_REG_SELECT: u8 = 1;
+
 impl VmState {
+    /// Checks every part: the irqchips' ids and sizes and the fields KVM would act on without
+    /// checking (PIC and IOAPIC ranges, PIT channel modes and counts).
     pub fn validate(&self) -> Result<(), VmStateError> {
-        if self.vcpus.is_empty() || self.vcpus.len() > MAX_VCPUS {
-            return Err(VmStateError::VcpuCount(self.vcpus.len()));
-        }
-        let mut ids = BTreeSet::new();
-        for vcpu in &self.vcpus {
-            if !ids.insert(vcpu.vcpu_id) {
-                return Err(VmStateError::DuplicateVcpu(vcpu.vcpu_id));
-            }
-            vcpu.validate()?;
-        }
         self.pic_master
             .validate("PIC master", KVM_IRQCHIP_PIC_MASTER)?;
         self.pic_slave
             .validate("PIC slave", KVM_IRQCHIP_PIC_SLAVE)?;
         self.ioapic.validate("IOAPIC", KVM_IRQCHIP_IOAPIC)?;
-        self.validate_memory_regions()?;
-        self.validate_devices()
+        for (which, chip) in [
+            ("PIC master", &self.pic_master),
+            ("PIC slave", &self.pic_slave),
+        ] {
+            let pic = chip.pic();
+            if pic.read_reg_select > PIC_MAX_READ_REG_SELECT || pic.init_state > 3 {
+                return Err(VmStateError::BadIrqchip {
+                    which,
+                    why: format!(
+                        "read_reg_select {} / init_state {} out of range",
+                        pic.read_reg_select, pic.init_state
+                    ),
+                });
+            }
+        }
+        let ioapic = self.ioapic.ioapic();
+        if ioapic.ioregsel > 0xff {
+            return Err(VmStateError::BadIrqchip {
+                which: "IOAPIC",
+                why: format!("register select {:#x}", ioapic.ioregsel),
+            });
+        }
+        self.validate_pit()
     }
 
-    fn validate_memory_regions(&self) -> Result<(), VmStateError> {
-        if self.memory_regions.len() > MAX_MEMORY_REGIONS {
-            return Err(VmStateError::TooManyMemoryRegions(
-                self.memory_regions.len(),
-            ));
-        }
-        let page_mask = PAGE_SIZE as u64 - 1;
-        let mut spans: Vec<(u64, u64, usize)> = Vec::new();
-        for (index, region) in self.memory_regions.iter().enumerate() {
-            let bad = |why: String| VmStateError::BadMemoryRegion { index, why };
-            if region.len == 0
-                || region.len & page_mask != 0
-                || region.guest_phys_addr & page_mask != 0
-            {
-                return Err(bad(format!(
-                    "{:#x}+{:#x} is empty or not page aligned",
-                    region.guest_phys_addr, region.len
-                )));
+    fn validate_pit(&self) -> Result<(), VmStateError> {
+        for (index, channel) in self.pit.channels.iter().enumerate() {
+            let bad = |why: String| VmStateError::BadPit {
+                channel: index,
+                why,
+            };
+            if channel.count > 0x1_0000 {
+                return Err(bad(format!("count {:#x} exceeds 0x10000", channel.count)));
             }
-            let end = region
-                .guest_phys_addr
-                .checked_add(region.len)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "{:#x}+{:#x} wraps",
-                        region.guest_phys_addr, region.len
-                    ))
-                })?;
-            spans.push((region.guest_phys_addr, end, index));
-        }
-        spans.sort_unstable();
-        for pair in spans.windows(2) {
-            if pair[0].1 > pair[1].0 {
-                return Err(VmStateError::BadMemoryRegion {
-                    index: pair[1].2,
-                    why: format!("overlaps region {}", pair[0].2),
-                });
+            if channel.mode > PIT_MAX_MODE && channel.mode != PIT_MODE_UNPROGRAMMED {
+                return Err(bad(format!("mode {}", channel.mode)));
+            }
+            for (what, mode) in [("read", channel.read_state), ("write", channel.write_state)] {
+                if !PIT_RW_MODES.contains(&mode) && mode != 0 {
+                    return Err(bad(format!("{what} state {mode}")));
+                }
+            }
+            if !PIT_RW_MODES.contains(&channel.rw_mode) && channel.rw_mode != 0 {
+                return Err(bad(format!("access mode {}", channel.rw_mode)));
+            }
+            if channel.bcd > 1 || channel.gate > 1 {
+                return Err(bad(format!("bcd {} / gate {}", channel.bcd, channel.gate)));
             }
         }
         Ok(())
-    }
-
-    fn validate_devices(&self) -> Result<(), VmStateError> {
-        if self.devices.len() > MAX_DEVICES {
-            return Err(VmStateError::TooManyDevices(self.devices.len()));
-        }
-        let mut names = BTreeSet::new();
-        for device in &self.devices {
-            if device.name.is_empty() || device.name.len() > MAX_DEVICE_NAME_LEN {
-                return Err(VmStateError::BadDevice {
-                    name: device.name.clone(),
-                    why: "name is empty or too long".into(),
-                });
-            }
-            if !names.insert(device.name.as_str()) {
-                return Err(VmStateError::BadDevice {
-                    name: device.name.clone(),
-                    why: "appears twice".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Total guest RAM bytes described by `memory_regions` (the memory file's expected length).
-    pub fn memory_len(&self) -> u64 {
-        self.memory_regions.iter().map(|region| region.len).sum()
-    }
-
-    pub fn device(&self, name: &str) -> Option<&[u8]> {
-        self.devices
-            .iter()
-            .find(|device| device.name == name)
-            .map(|device| device.state.as_slice())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Running the `snapvmm` binary from tests: find it, check that KVM works, run with a time budget.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,25 +22,6 @@ impl Outcome {
             self.status, self.stdout, self.stderr
         )
     }
-}
-
-/// The `snapvmm` binary built alongside this test (cargo builds it for `vmm`'s own integration
-/// tests, which run in the same `cargo test --workspace`).
-pub fn snapvmm_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/snapvmm
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join("snapvmm");
-    assert!(
-        binary.exists(),
-        "{} does not exist: build it first (cargo build --bin snapvmm with the same profile, \
-         or run the whole workspace: cargo test --workspace)",
-        binary.display()
-    );
-    binary
 }
 
 /// Fails the test with a clear message unless /dev/kvm can create a VM. Never skips.
@@ -65,15 +46,21 @@ pub fn require_kvm() {
     unsafe { libc::close(vm) };
 }
 
-/// Runs snapvmm with `args`, killing it if it runs past `budget`.
-pub fn run_snapvmm(args: &[&str], budget: Duration) -> Outcome {
-    run_snapvmm_with_input(args, budget, None)
+/// Runs the snapvmm `binary` with `args`, killing it if it runs past `budget`. Integration tests
+/// of the `snapvmm` package pass `env!("CARGO_BIN_EXE_snapvmm")`: cargo builds it for them.
+pub fn run_snapvmm(binary: &Path, args: &[&str], budget: Duration) -> Outcome {
+    run_snapvmm_with_input(binary, args, budget, None)
 }
 
 /// Like `run_snapvmm`, feeding `input` on stdin.
-pub fn run_snapvmm_with_input(args: &[&str], budget: Duration, input: Option<&[u8]>) -> Outcome {
+pub fn run_snapvmm_with_input(
+    binary: &Path,
+    args: &[&str],
+    budget: Duration,
+    input: Option<&[u8]>,
+) -> Outcome {
     let start = Instant::now();
-    let mut child = Command::new(snapvmm_binary())
+    let mut child = Command::new(binary)
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

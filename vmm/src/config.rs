@@ -5,10 +5,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-/// Smallest guest RAM snapvmm accepts: low memory for boot structures plus room for a kernel.
-pub const MIN_MEM_BYTES: u64 = 16 << 20;
-/// Largest guest RAM snapvmm accepts; a hard cap so a typo cannot ask for petabytes.
-pub const MAX_MEM_BYTES: u64 = 64 << 30;
+pub use crate::memory::{MAX_MEM_BYTES, MIN_MEM_BYTES};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -84,6 +81,8 @@ pub enum SerialOutput {
     #[default]
     Stdio,
     File(PathBuf),
+    /// Nowhere (fuzzing, benchmarks, library users that do not read it).
+    Discard,
 }
 
 impl FromStr for SerialOutput {
@@ -110,39 +109,40 @@ pub enum KernelSource {
     },
 }
 
-/// Everything needed to build and run one VM.
+/// Everything needed to boot a machine.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
+pub struct MachineConfig {
     pub kernel: KernelSource,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub mem_bytes: u64,
     pub serial: SerialOutput,
-    /// Stop the guest after this long; `None` runs until the guest stops.
-    pub timeout: Option<std::time::Duration>,
     /// Snapshot engine options (restore strategy, verification).
-    pub engine: crate::snapshot_engine::EngineOptions,
+    pub engine: crate::engine::EngineOptions,
     /// Devices (the snapshot device's slot and buffer sizes).
     pub devices: crate::device_manager::DeviceOptions,
-    /// Write every snapshot the guest takes to this directory.
-    pub save_snapshot: Option<PathBuf>,
 }
 
-impl VmConfig {
+impl MachineConfig {
     /// A config with defaults for everything but the kernel.
     pub fn new(kernel: KernelSource) -> Self {
-        VmConfig {
+        MachineConfig {
             kernel,
             initrd: None,
             cmdline: String::new(),
             mem_bytes: 256 << 20,
             serial: SerialOutput::Stdio,
-            timeout: None,
             engine: Default::default(),
             devices: Default::default(),
-            save_snapshot: None,
         }
     }
+}
+
+/// What resuming a machine state takes besides the state: where its output goes, how it restores.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOptions {
+    pub serial: SerialOutput,
+    pub engine: crate::engine::EngineOptions,
 }
 
 #[cfg(test)]

@@ -1,10 +1,6 @@
 //! The VM's devices, how guest accesses reach them, and their state as one saveable set.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use devices::acpi_pm::{AcpiPmDevice, AcpiPmState, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
 use devices::cmos::{CmosDevice, CmosState, CMOS_PORT_BASE, CMOS_PORT_LEN};
@@ -16,12 +12,10 @@ use devices::snapshot_device::{
     SnapshotDevice, SnapshotDeviceConfig, SnapshotDeviceState, COVERAGE_BAR, INPUT_BAR,
 };
 use devices::{DeviceAction, Persist, PioBus, RestoreInPlace};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vcpu::IoBus;
@@ -77,6 +71,22 @@ pub struct DeviceStates {
     pub acpi_pm: AcpiPmState,
     pub pci_bus: PciBusState,
     pub snapshot_device: SnapshotDeviceState,
+}
+
+impl DeviceStates {
+    /// Checks every device's state as its restore would, against the device options it is
+    /// restored into (the snapshot device's BAR sizes).
+    pub fn validate(&self, options: &DeviceOptions) -> Result<(), DeviceManagerError> {
+        let rejected = |e: devices::PersistError| DeviceManagerError::State(e.to_string());
+        self.serial.validate().map_err(rejected)?;
+        self.i8042.validate().map_err(rejected)?;
+        self.cmos.validate().map_err(rejected)?;
+        self.acpi_pm.validate().map_err(rejected)?;
+        self.pci_bus.validate().map_err(rejected)?;
+        self.snapshot_device
+            .validate(&options.snapshot_device)
+            .map_err(rejected)
+    }
 }
 
 /// A BAR backed by host memory and the memslot that maps it.
@@ -216,9 +226,11 @@ impl DeviceManager {
         }
     }
 
-    /// Forwards the host's stdin to COM1 until the returned handle is dropped.
-    pub fn start_stdin_forwarding(&self) -> Option<StdinForwarder> {
-        StdinForwarder::start(self.serial.clone()).ok()
+    /// A handle for feeding COM1's input from another thread.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput {
+            serial: self.serial.clone(),
+        }
     }
 
     /// Captures every device's state.
@@ -348,76 +360,15 @@ impl IoBus for DeviceManager {
     }
 }
 
-/// Reads the host's stdin on an event-manager thread and queues the bytes into COM1.
-pub struct StdinForwarder {
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
-}
-
-struct StdinSubscriber {
+/// A handle that queues bytes into COM1's receive FIFO, as if typed on its line, from any thread.
+#[derive(Clone)]
+pub struct SerialInput {
     serial: Arc<Mutex<SerialDevice>>,
-    stop_event: Arc<EventFd>,
-    stopped: Arc<AtomicBool>,
 }
 
-impl MutEventSubscriber for StdinSubscriber {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.fd() == self.stop_event.as_raw_fd() {
-            self.stopped.store(true, Ordering::SeqCst);
-            return;
-        }
-        let mut buf = [0u8; 256];
-        match std::io::stdin().lock().read(&mut buf) {
-            Ok(0) | Err(_) => {
-                // End of input: stop watching stdin, keep the guest running.
-                let _ = ops.remove(events);
-            }
-            Ok(n) => {
-                lock(&self.serial).enqueue_input(&buf[..n]);
-            }
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new(self.stop_event.as_ref(), EventSet::IN));
-        // Regular files and /dev/null cannot be polled; the guest then simply gets no input.
-        let _ = ops.add(Events::new(&std::io::stdin(), EventSet::IN));
-    }
-}
-
-impl StdinForwarder {
-    fn start(serial: Arc<Mutex<SerialDevice>>) -> std::io::Result<Self> {
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut manager = EventManager::<StdinSubscriber>::new()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        manager.add_subscriber(StdinSubscriber {
-            serial,
-            stop_event: stop.clone(),
-            stopped: stopped.clone(),
-        });
-        let thread = std::thread::Builder::new()
-            .name("stdin".into())
-            .spawn(move || {
-                crate::signals::block_async_signals();
-                while !stopped.load(Ordering::SeqCst) {
-                    if manager.run().is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(StdinForwarder {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for StdinForwarder {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl SerialInput {
+    /// Queues `bytes` for the guest to read (raising COM1's interrupt as the device decides).
+    pub fn push(&self, bytes: &[u8]) {
+        lock(&self.serial).enqueue_input(bytes);
     }
 }

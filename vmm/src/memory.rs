@@ -14,6 +14,11 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion}
 
 use crate::arch::layout::{ram_ranges, RamRange};
 
+/// Smallest guest RAM snapvmm accepts: low memory for boot structures plus room for a kernel.
+pub const MIN_MEM_BYTES: u64 = 16 << 20;
+/// Largest guest RAM snapvmm accepts; a hard cap so a typo cannot ask for petabytes.
+pub const MAX_MEM_BYTES: u64 = 64 << 30;
+
 /// Guest memory with the VMM's own writes tracked per page.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 

@@ -1,17 +1,15 @@
-//! The vCPU run loop and the decoding of every way a guest can stop.
+//! The vCPU's exits and what each one means.
 //!
 //! `handle_exit` turns one KVM exit into a decision using only the device bus, so it is unit
-//! tested with synthetic exits. `run_vcpu` is the small state machine around KVM_RUN: it runs until
-//! `handle_exit` says stop, or a kick (timeout, Ctrl-C) makes KVM_RUN return EINTR.
-
-use std::cell::Cell;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+//! tested with synthetic exits; the loop around KVM_RUN is `Machine::run`.
 
 use devices::snapshot_device::SnapshotCommand;
 use devices::DeviceAction;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::event::VmEvent;
+use crate::memory::GuestMemory;
 
 /// Port and MMIO dispatch as the vCPU loop sees it.
 pub trait IoBus {
@@ -21,118 +19,13 @@ pub trait IoBus {
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction;
 }
 
-/// What the run loop cannot decide from the exit alone: work that needs the vCPU or the VM.
-pub trait VcpuHooks: IoBus {
-    /// The guest wrote a command to the snapshot device; the vCPU sits in that MMIO exit.
-    fn snapshot_command(
-        &mut self,
-        vcpu: &mut VcpuFd,
-        command: SnapshotCommand,
-    ) -> Result<(), StopReason>;
-    /// KVM's dirty ring is full: harvest it before the guest may run on.
-    fn dirty_ring_full(&mut self) -> Result<(), StopReason>;
-}
-
-/// Why the guest stopped. Each has its own exit status (see `docs/PLATFORM.md`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest wrote `code` to the debug-exit port.
-    DebugExit(u32),
-    /// The guest powered off (ACPI S5 or KVM system event).
-    PowerOff,
-    /// The guest asked for a reset (i8042, or a KVM reset event).
-    Reset,
-    /// KVM_EXIT_SHUTDOWN: a triple fault.
-    TripleFault { rip: u64 },
-    /// KVM could not emulate an instruction.
-    EmulationFailure { rip: u64, instruction: Vec<u8> },
-    /// Any other KVM internal error.
-    InternalError { suberror: u32, rip: u64 },
-    /// VM entry failed (invalid guest state).
-    FailEntry { reason: u64 },
-    /// An exit snapvmm has no handler for.
-    UnhandledExit(String),
-    /// The guest ran past `--timeout`.
-    Timeout,
-    /// The user pressed Ctrl-C.
-    Interrupted,
-    /// KVM_RUN itself failed.
-    KvmRunFailed(i32),
-    /// A snapshot save or restore failed, or `--verify-restores` found a difference.
-    Snapshot(String),
-    /// `--max-restores` restores are done.
-    RestoreLimit(u64),
-}
-
-impl StopReason {
-    /// The snapvmm process exit status for this stop.
-    pub fn exit_status(&self) -> u8 {
-        match self {
-            StopReason::DebugExit(code) => (*code).min(63) as u8,
-            StopReason::PowerOff | StopReason::RestoreLimit(_) => 0,
-            StopReason::Reset => 65,
-            StopReason::TripleFault { .. } => 66,
-            StopReason::EmulationFailure { .. } | StopReason::InternalError { .. } => 67,
-            StopReason::FailEntry { .. } | StopReason::UnhandledExit(_) => 67,
-            StopReason::Timeout => 68,
-            StopReason::KvmRunFailed(_) => 69,
-            StopReason::Snapshot(_) => 71,
-            StopReason::Interrupted => 130,
-        }
-    }
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopReason::DebugExit(code) => write!(
-                f,
-                "guest exited through the debug-exit port with code {code}"
-            ),
-            StopReason::PowerOff => write!(f, "guest powered off"),
-            StopReason::Reset => write!(f, "guest requested a reset"),
-            StopReason::TripleFault { rip } => write!(f, "guest triple-faulted (rip {rip:#x})"),
-            StopReason::EmulationFailure { rip, instruction } => {
-                write!(
-                    f,
-                    "KVM emulation failure at rip {rip:#x}, instruction bytes ["
-                )?;
-                for (i, byte) in instruction.iter().enumerate() {
-                    write!(f, "{}{byte:02x}", if i > 0 { " " } else { "" })?;
-                }
-                write!(f, "]")
-            }
-            StopReason::InternalError { suberror, rip } => {
-                write!(
-                    f,
-                    "KVM internal error (suberror {suberror}) at rip {rip:#x}"
-                )
-            }
-            StopReason::FailEntry { reason } => write!(
-                f,
-                "KVM could not enter the guest (hardware reason {reason:#x})"
-            ),
-            StopReason::UnhandledExit(what) => write!(f, "unhandled KVM exit: {what}"),
-            StopReason::Timeout => write!(f, "guest timed out"),
-            StopReason::Interrupted => write!(f, "interrupted"),
-            StopReason::Snapshot(why) => write!(f, "snapshot failure: {why}"),
-            StopReason::RestoreLimit(n) => write!(f, "stopped after {n} restores (--max-restores)"),
-            StopReason::KvmRunFailed(errno) => {
-                write!(
-                    f,
-                    "KVM_RUN failed: {}",
-                    std::io::Error::from_raw_os_error(*errno)
-                )
-            }
-        }
-    }
-}
-
 /// What the run loop does after one exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitDecision {
     Continue,
-    Stop(StopReason),
+    /// The guest stopped in a way the caller must hear about. A triple fault's RIP is filled in
+    /// by the loop.
+    Stop(VmEvent),
     /// KVM reported an internal error; the loop adds the vCPU's RIP and instruction bytes.
     InternalError {
         suberror: u32,
@@ -141,6 +34,8 @@ pub enum ExitDecision {
     Snapshot(SnapshotCommand),
     /// KVM's dirty ring filled up.
     DirtyRingFull,
+    /// An exit snapvmm has no handler for: a VMM limitation, reported as an error.
+    Unhandled(String),
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -151,9 +46,9 @@ const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 fn device_decision(action: DeviceAction) -> ExitDecision {
     match action {
         DeviceAction::None => ExitDecision::Continue,
-        DeviceAction::Reset => ExitDecision::Stop(StopReason::Reset),
-        DeviceAction::DebugExit(code) => ExitDecision::Stop(StopReason::DebugExit(code)),
-        DeviceAction::PowerOff => ExitDecision::Stop(StopReason::PowerOff),
+        DeviceAction::Reset => ExitDecision::Stop(VmEvent::Reset),
+        DeviceAction::DebugExit(code) => ExitDecision::Stop(VmEvent::DebugExit { code }),
+        DeviceAction::PowerOff => ExitDecision::Stop(VmEvent::PowerOff),
         // The device manager follows BAR moves before the action gets here.
         DeviceAction::BarsRelocated(_) => ExitDecision::Continue,
         DeviceAction::Snapshot(command) => ExitDecision::Snapshot(command),
@@ -161,13 +56,28 @@ fn device_decision(action: DeviceAction) -> ExitDecision {
 }
 
 /// Decides what one KVM exit means. Never panics, whatever the guest did.
-pub fn handle_exit(exit: VcpuExit, bus: &mut dyn IoBus) -> ExitDecision {
+///
+/// `io_size` is the size of one port access (KVM_EXIT_IO's `size`): a string instruction with a
+/// repeat count (`rep insb`, `rep outsw`) exits once with `count` accesses in `data`, and each is
+/// a separate access to the device, in order.
+pub fn handle_exit(exit: VcpuExit, io_size: usize, bus: &mut dyn IoBus) -> ExitDecision {
+    let io_size = io_size.max(1);
     match exit {
         VcpuExit::IoIn(port, data) => {
-            bus.pio_read(port, data);
+            for access in data.chunks_mut(io_size) {
+                bus.pio_read(port, access);
+            }
             ExitDecision::Continue
         }
-        VcpuExit::IoOut(port, data) => device_decision(bus.pio_write(port, data)),
+        VcpuExit::IoOut(port, data) => {
+            for access in data.chunks(io_size) {
+                let decision = device_decision(bus.pio_write(port, access));
+                if decision != ExitDecision::Continue {
+                    return decision;
+                }
+            }
+            ExitDecision::Continue
+        }
         VcpuExit::MmioRead(addr, data) => {
             bus.mmio_read(addr, data);
             ExitDecision::Continue
@@ -175,109 +85,40 @@ pub fn handle_exit(exit: VcpuExit, bus: &mut dyn IoBus) -> ExitDecision {
         VcpuExit::MmioWrite(addr, data) => device_decision(bus.mmio_write(addr, data)),
         // With the in-kernel LAPIC a halted vCPU waits in KVM; a HLT exit only means "run again".
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => ExitDecision::Continue,
-        VcpuExit::Shutdown => ExitDecision::Stop(StopReason::TripleFault { rip: 0 }),
+        VcpuExit::Shutdown => ExitDecision::Stop(VmEvent::TripleFault { rip: 0 }),
         VcpuExit::SystemEvent(kind, _) => match kind {
-            KVM_SYSTEM_EVENT_SHUTDOWN => ExitDecision::Stop(StopReason::PowerOff),
-            KVM_SYSTEM_EVENT_RESET => ExitDecision::Stop(StopReason::Reset),
-            KVM_SYSTEM_EVENT_CRASH => {
-                ExitDecision::Stop(StopReason::UnhandledExit("guest crash event".into()))
-            }
-            other => ExitDecision::Stop(StopReason::UnhandledExit(format!("system event {other}"))),
+            KVM_SYSTEM_EVENT_SHUTDOWN => ExitDecision::Stop(VmEvent::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => ExitDecision::Stop(VmEvent::Reset),
+            KVM_SYSTEM_EVENT_CRASH => ExitDecision::Unhandled("guest crash event".into()),
+            other => ExitDecision::Unhandled(format!("system event {other}")),
         },
-        VcpuExit::FailEntry(reason, _cpu) => ExitDecision::Stop(StopReason::FailEntry { reason }),
+        VcpuExit::FailEntry(reason, _cpu) => ExitDecision::Stop(VmEvent::EntryFailed { reason }),
         VcpuExit::InternalError => ExitDecision::InternalError { suberror: 0 },
         VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL) => ExitDecision::DirtyRingFull,
-        other => ExitDecision::Stop(StopReason::UnhandledExit(format!("{other:?}"))),
+        other => ExitDecision::Unhandled(format!("{other:?}")),
     }
 }
 
-/// Set by signal handlers; read by the loop when KVM_RUN returns EINTR.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-pub static TIMED_OUT: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// The `kvm_run` of the vCPU running on this thread, so a signal handler can make the next
-    /// (or current) KVM_RUN return at once. This closes the race where a kick lands between the
-    /// loop's flag check and its KVM_RUN call.
-    static CURRENT_KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// Signal handler body for kicks and Ctrl-C: request an immediate exit from KVM_RUN.
-pub fn request_immediate_exit() {
-    let run = CURRENT_KVM_RUN.with(|cell| cell.get());
-    if !run.is_null() {
-        // SAFETY: the pointer is set by `run_vcpu` on this thread to its live vCPU's kvm_run
-        // mapping and cleared before that vCPU can go away; a byte store is signal-safe.
-        unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
-    }
+/// The size of one port access of the KVM_EXIT_IO in `run`.
+///
+/// # Safety
+/// `run` must point to the live `kvm_run` of a vCPU whose last exit was KVM_EXIT_IO.
+pub unsafe fn io_access_size(run: *const kvm_run) -> usize {
+    // SAFETY: per the contract, `io` is the active union member; a plain read of one byte.
+    unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() as usize }
 }
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
-/// Runs the vCPU until the guest stops or a kick arrives.
-pub fn run_vcpu(
-    vcpu: &mut VcpuFd,
-    hooks: &mut dyn VcpuHooks,
-    read_guest: &dyn Fn(u64, &mut [u8]) -> bool,
-) -> StopReason {
-    CURRENT_KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
-    let reason = loop {
-        if let Some(reason) = pending_stop() {
-            break reason;
-        }
-        match vcpu.run() {
-            Ok(exit) => match handle_exit(exit, hooks) {
-                ExitDecision::Continue => {}
-                ExitDecision::Snapshot(command) => {
-                    if let Err(reason) = hooks.snapshot_command(vcpu, command) {
-                        break reason;
-                    }
-                }
-                ExitDecision::DirtyRingFull => {
-                    if let Err(reason) = hooks.dirty_ring_full() {
-                        break reason;
-                    }
-                }
-                ExitDecision::Stop(StopReason::TripleFault { .. }) => {
-                    break StopReason::TripleFault {
-                        rip: vcpu.get_regs().map(|r| r.rip).unwrap_or(0),
-                    }
-                }
-                ExitDecision::Stop(reason) => break reason,
-                ExitDecision::InternalError { .. } => {
-                    break describe_internal_error(vcpu, read_guest)
-                }
-            },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                vcpu.set_kvm_immediate_exit(0);
-            }
-            Err(e) => break StopReason::KvmRunFailed(e.errno()),
-        }
-    };
-    CURRENT_KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
-    reason
-}
-
-fn pending_stop() -> Option<StopReason> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        Some(StopReason::Interrupted)
-    } else if TIMED_OUT.load(Ordering::Relaxed) {
-        Some(StopReason::Timeout)
-    } else {
-        None
-    }
-}
-
 /// Reads KVM's internal-error details and the bytes at the guest's RIP.
-fn describe_internal_error(
-    vcpu: &mut VcpuFd,
-    read_guest: &dyn Fn(u64, &mut [u8]) -> bool,
-) -> StopReason {
+pub fn describe_internal_error(vcpu: &mut VcpuFd, memory: &GuestMemory) -> VmEvent {
+    use vm_memory::{Bytes, GuestAddress};
+    let read_guest = |addr: u64, buf: &mut [u8]| memory.read_slice(buf, GuestAddress(addr)).is_ok();
     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
     let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
     if suberror != KVM_INTERNAL_ERROR_EMULATION {
-        return StopReason::InternalError { suberror, rip };
+        return VmEvent::InternalError { suberror, rip };
     }
     let linear = vcpu
         .get_sregs()
@@ -292,7 +133,7 @@ fn describe_internal_error(
     if !readable {
         instruction.clear();
     }
-    StopReason::EmulationFailure { rip, instruction }
+    VmEvent::EmulationFailure { rip, instruction }
 }
 
 #[cfg(test)]
@@ -327,20 +168,20 @@ mod tests {
     fn port_io_reaches_the_bus() {
         let mut bus = RecordingBus::default();
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x3f8, b"h"), &mut bus),
+            handle_exit(VcpuExit::IoOut(0x3f8, b"h"), 1, &mut bus),
             ExitDecision::Continue
         );
         assert_eq!(bus.writes, vec![(0x3f8, b"h".to_vec())]);
         let mut data = [0u8; 2];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x71, &mut data), &mut bus),
+            handle_exit(VcpuExit::IoIn(0x71, &mut data), 1, &mut bus),
             ExitDecision::Continue
         );
         assert_eq!(data, [0x71, 0x71]);
         let mut data = [0u8; 4];
-        handle_exit(VcpuExit::MmioRead(0xc000_0000, &mut data), &mut bus);
+        handle_exit(VcpuExit::MmioRead(0xc000_0000, &mut data), 1, &mut bus);
         assert_eq!(data, [0xab; 4]);
-        handle_exit(VcpuExit::MmioWrite(0xc000_0000, &[1, 0, 0, 0]), &mut bus);
+        handle_exit(VcpuExit::MmioWrite(0xc000_0000, &[1, 0, 0, 0]), 1, &mut bus);
         assert_eq!(bus.mmio_writes.len(), 1);
     }
 
@@ -351,72 +192,92 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &[7]), &mut bus),
-            ExitDecision::Stop(StopReason::DebugExit(7))
+            handle_exit(VcpuExit::IoOut(0xf4, &[7]), 1, &mut bus),
+            ExitDecision::Stop(VmEvent::DebugExit { code: 7 })
         );
         bus.action = Some(DeviceAction::Reset);
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), &mut bus),
-            ExitDecision::Stop(StopReason::Reset)
+            handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), 1, &mut bus),
+            ExitDecision::Stop(VmEvent::Reset)
         );
         bus.action = Some(DeviceAction::PowerOff);
-        let decision = handle_exit(VcpuExit::IoOut(0x604, &[0x01, 0x34]), &mut bus);
-        assert_eq!(decision, ExitDecision::Stop(StopReason::PowerOff));
-        assert_eq!(StopReason::PowerOff.exit_status(), 0);
+        let decision = handle_exit(VcpuExit::IoOut(0x604, &[0x01, 0x34]), 1, &mut bus);
+        assert_eq!(decision, ExitDecision::Stop(VmEvent::PowerOff));
     }
 
     #[test]
     fn guest_failures_map_to_distinct_reasons() {
         let mut bus = RecordingBus::default();
         assert_eq!(
-            handle_exit(VcpuExit::Shutdown, &mut bus),
-            ExitDecision::Stop(StopReason::TripleFault { rip: 0 })
+            handle_exit(VcpuExit::Shutdown, 1, &mut bus),
+            ExitDecision::Stop(VmEvent::TripleFault { rip: 0 })
         );
         assert_eq!(
             handle_exit(
                 VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                1,
                 &mut bus
             ),
-            ExitDecision::Stop(StopReason::PowerOff)
+            ExitDecision::Stop(VmEvent::PowerOff)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &mut bus),
-            ExitDecision::Stop(StopReason::Reset)
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                1,
+                &mut bus
+            ),
+            ExitDecision::Stop(VmEvent::Reset)
         );
         assert_eq!(
-            handle_exit(VcpuExit::FailEntry(0x21, 0), &mut bus),
-            ExitDecision::Stop(StopReason::FailEntry { reason: 0x21 })
+            handle_exit(VcpuExit::FailEntry(0x21, 0), 1, &mut bus),
+            ExitDecision::Stop(VmEvent::EntryFailed { reason: 0x21 })
         );
         assert!(matches!(
-            handle_exit(VcpuExit::InternalError, &mut bus),
+            handle_exit(VcpuExit::InternalError, 1, &mut bus),
             ExitDecision::InternalError { .. }
         ));
         assert!(matches!(
-            handle_exit(VcpuExit::Unknown, &mut bus),
-            ExitDecision::Stop(StopReason::UnhandledExit(_))
+            handle_exit(VcpuExit::Unknown, 1, &mut bus),
+            ExitDecision::Unhandled(_)
         ));
-        assert_eq!(handle_exit(VcpuExit::Hlt, &mut bus), ExitDecision::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::Hlt, 1, &mut bus),
+            ExitDecision::Continue
+        );
+    }
+
+    /// A register whose every read returns the next value of a sequence, like a FIFO.
+    struct SequenceBus {
+        next: u8,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl IoBus for SequenceBus {
+        fn pio_read(&mut self, _port: u16, data: &mut [u8]) {
+            data.fill(self.next);
+            self.next = self.next.wrapping_add(1);
+        }
+        fn pio_write(&mut self, _port: u16, data: &[u8]) -> DeviceAction {
+            self.writes.push(data.to_vec());
+            DeviceAction::None
+        }
+        fn mmio_read(&mut self, _addr: u64, _data: &mut [u8]) {}
+        fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> DeviceAction {
+            DeviceAction::None
+        }
     }
 
     #[test]
-    fn every_stop_has_its_own_status_and_message() {
-        let reasons = [
-            StopReason::PowerOff,
-            StopReason::Reset,
-            StopReason::TripleFault { rip: 1 },
-            StopReason::EmulationFailure {
-                rip: 0x1000,
-                instruction: vec![0x0f, 0x0b],
-            },
-            StopReason::Timeout,
-            StopReason::KvmRunFailed(libc::EFAULT),
-            StopReason::Interrupted,
-        ];
-        let statuses: std::collections::BTreeSet<u8> =
-            reasons.iter().map(|r| r.exit_status()).collect();
-        assert_eq!(statuses.len(), reasons.len());
-        assert_eq!(StopReason::DebugExit(3).exit_status(), 3);
-        assert_eq!(StopReason::DebugExit(1000).exit_status(), 63);
-        assert!(reasons[3].to_string().contains("[0f 0b]"));
+    fn repeated_port_accesses_reach_the_device_one_by_one() {
+        let mut bus = SequenceBus {
+            next: 0x5a,
+            writes: Vec::new(),
+        };
+        // `rep insw` with a count of 4: four 2-byte reads, in order.
+        let mut data = [0u8; 8];
+        handle_exit(VcpuExit::IoIn(0x3ff, &mut data), 2, &mut bus);
+        assert_eq!(data, [0x5a, 0x5a, 0x5b, 0x5b, 0x5c, 0x5c, 0x5d, 0x5d]);
+        handle_exit(VcpuExit::IoOut(0x3f8, &[1, 2, 3]), 1, &mut bus);
+        assert_eq!(bus.writes, vec![vec![1], vec![2], vec![3]]);
     }
 }

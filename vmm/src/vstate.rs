@@ -3,7 +3,7 @@
 
 use kvm_bindings::{
     kvm_irqchip, kvm_msr_entry, Msrs, Xsave, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 use snapshot::vm_state::{snapshot_msr_indices, IrqchipState, MsrEntry, VcpuState, VmState};
@@ -91,12 +91,22 @@ fn xsave_entries(bytes: usize) -> usize {
 
 /// Reads every piece of vCPU state. The vCPU must not be in the middle of an exit whose
 /// completion is still pending (see `complete_pending_exit`).
+///
+/// MP_STATE is read first: KVM_GET_MP_STATE accepts pending APIC events (INIT/SIPI) into the
+/// vCPU, which changes what LAPIC and VCPU_EVENTS then report (Firecracker and Cloud Hypervisor
+/// read it first for the same reason).
 pub fn capture_vcpu(
     vcpu: &VcpuFd,
     vcpu_id: u32,
     layout: &VcpuStateLayout,
 ) -> Result<VcpuState, VstateError> {
     let mut state = VcpuState::new(vcpu_id);
+    state.mp_state = vcpu.get_mp_state().map_err(kvm_err("GET_MP_STATE"))?;
+    state.cpuid = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("GET_CPUID2"))?
+        .as_slice()
+        .to_vec();
     state.regs = vcpu.get_regs().map_err(kvm_err("GET_REGS"))?;
     state.sregs = vcpu.get_sregs().map_err(kvm_err("GET_SREGS"))?;
     let mut xsave =
@@ -119,15 +129,17 @@ pub fn capture_vcpu(
     state.msrs = read_msrs(vcpu, &layout.msr_indices)?;
     state.set_lapic(&vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?);
     state.vcpu_events = vcpu.get_vcpu_events().map_err(kvm_err("GET_VCPU_EVENTS"))?;
-    state.mp_state = vcpu.get_mp_state().map_err(kvm_err("GET_MP_STATE"))?;
     state.debug_regs = vcpu.get_debug_regs().map_err(kvm_err("GET_DEBUGREGS"))?;
     state.tsc_khz = vcpu.get_tsc_khz().ok();
     Ok(state)
 }
 
-/// Writes every piece of vCPU state back.
+/// Writes every piece of vCPU state back but CPUID.
 ///
 /// KVM's ordering rules, applied here:
+/// - CPUID is not set here: KVM refuses a different CPUID once the vCPU has run, so it is set
+///   once, when the vCPU is created (`vm_setup::create_vcpu`), before everything below, which KVM
+///   checks against it (CR4/EFER bits in SREGS, XSAVE features, MSRs).
 /// - REGS and SREGS first: SREGS sets EFER, CR0/CR4 and the APIC base, which the checks of
 ///   later calls depend on.
 /// - XSAVE before XCRS is fine: KVM validates XSAVE against the CPUID-allowed features, not XCR0.
@@ -247,17 +259,9 @@ fn get_chip(vm_fd: &VmFd, chip_id: u32) -> Result<IrqchipState, VstateError> {
     Ok(IrqchipState::from_kvm(&chip))
 }
 
-/// The VM-wide state of a snapshot: interrupt controllers, PIT and clock.
-pub struct VmWideState {
-    pub pic_master: IrqchipState,
-    pub pic_slave: IrqchipState,
-    pub ioapic: IrqchipState,
-    pub pit: kvm_bindings::kvm_pit_state2,
-    pub clock: kvm_bindings::kvm_clock_data,
-}
-
-pub fn capture_vm_wide(vm_fd: &VmFd) -> Result<VmWideState, VstateError> {
-    Ok(VmWideState {
+/// The VM-wide state: interrupt controllers, PIT and clock.
+pub fn capture_vm_wide(vm_fd: &VmFd) -> Result<VmState, VstateError> {
+    Ok(VmState {
         pic_master: get_chip(vm_fd, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm_fd, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: get_chip(vm_fd, KVM_IRQCHIP_IOAPIC)?,

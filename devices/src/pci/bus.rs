@@ -44,6 +44,14 @@ pub struct PciBusState {
     pub host_bridge: PciConfigState,
 }
 
+impl PciBusState {
+    /// Checks the state as a restore would, without a bus to restore into.
+    pub fn validate(&self) -> Result<(), PersistError> {
+        validate_config_address(self.config_address)?;
+        HostBridge::restore((), &self.host_bridge).map(drop)
+    }
+}
+
 /// A memory BAR currently decoded in guest-physical space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodedBar {

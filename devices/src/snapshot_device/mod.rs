@@ -125,10 +125,16 @@ pub const CMD_EXCEPTION: u32 = 0x106;
 pub enum SnapshotCommand {
     Save,
     Restore,
-    Crash { code: u32 },
-    Done { code: u32 },
+    Crash {
+        code: u32,
+    },
+    Done {
+        code: u32,
+    },
     /// The runtime caught CPU exception `vector`; [`SnapshotDevice::command_pc`] says where.
-    Exception { vector: u32 },
+    Exception {
+        vector: u32,
+    },
 }
 
 #[derive(Debug, Error)]

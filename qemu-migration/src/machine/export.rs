@@ -4,7 +4,7 @@ use std::io::Write;
 
 use devices::cmos::CmosState;
 use devices::serial::SerialDeviceState;
-use snapshot::vm_state::VmState;
+use snapshot::vm_state::{VcpuState, VmState};
 use thiserror::Error;
 
 use super::cpu_map::{self, CpuMapError};
@@ -29,6 +29,8 @@ pub enum ExportError {
 /// What goes into an exported stream besides RAM.
 #[derive(Debug, Clone, Copy)]
 pub struct ExportParts<'a> {
+    /// The vCPUs, in APIC-id order.
+    pub vcpus: &'a [VcpuState],
     pub vm: &'a VmState,
     /// The UART's state; sent as QEMU's `serial` (the destination needs `-serial ...`).
     pub serial: Option<&'a SerialDeviceState>,
@@ -77,7 +79,7 @@ pub fn export_machine<W: Write>(
             cpu_clock_offset: virtual_now,
         }),
     )];
-    for (index, vcpu) in vm.vcpus.iter().enumerate() {
+    for (index, vcpu) in parts.vcpus.iter().enumerate() {
         let (common, cpu) = cpu_map::cpu_from_vcpu(vcpu)?;
         let apic = cpu_map::apic_from_vcpu(vcpu, virtual_now);
         sections.push((

@@ -5,11 +5,11 @@ use std::io::Read;
 use devices::cmos::CmosState;
 use devices::serial::SerialDeviceState;
 use kvm_bindings::{kvm_clock_data, kvm_cpuid_entry2};
-use snapshot::vm_state::VmState;
+use snapshot::vm_state::{VcpuState, VmState};
 use thiserror::Error;
 
 use super::cpu_map::{self, CpuMapError};
-use super::ram_map::{firmware_regions, guest_regions, place_blocks};
+use super::ram_map::{firmware_regions, guest_regions, place_blocks, MemoryRegionState};
 use super::{device_map, irqchip_map, MachineType};
 use crate::ram::{RamBlock, RamSink};
 use crate::reader::{read_stream, ReadError, ReadLimits};
@@ -50,13 +50,16 @@ pub struct ImportOptions {
 #[derive(Debug, Clone)]
 pub struct ImportedMachine {
     pub machine: MachineType,
-    /// vCPUs, irqchips, PIT, kvmclock and the RAM regions (`memory_regions`); `devices` empty.
+    pub vcpus: Vec<VcpuState>,
+    /// Irqchips, PIT, kvmclock.
     pub vm: VmState,
+    /// Where the main RAM block goes in guest-physical space.
+    pub memory_regions: Vec<MemoryRegionState>,
     pub serial: Option<SerialDeviceState>,
     pub cmos: Option<CmosState>,
     pub ram_blocks: Vec<RamBlock>,
     /// Firmware the guest sees outside RAM (pc/q35's BIOS below 4 GiB), to map besides RAM.
-    pub firmware_regions: Vec<snapshot::vm_state::MemoryRegionState>,
+    pub firmware_regions: Vec<crate::machine::ram_map::MemoryRegionState>,
     /// Size of the main RAM block (the guest's RAM).
     pub ram_bytes: u64,
     /// The source's run state was `running` (else the guest waits for `cont`).
@@ -143,7 +146,6 @@ pub fn import_machine<R: Read>(
     let reset_pit = I8254Section::default();
     let virtual_to_monotonic = options.host_monotonic_ns.wrapping_sub(virtual_clock_ns);
     let vm = VmState {
-        vcpus,
         pic_master: irqchip_map::i8259_to_kvm(pics[0].unwrap_or(&reset_pic), false),
         pic_slave: irqchip_map::i8259_to_kvm(pics[1].unwrap_or(&reset_pic), true),
         ioapic: irqchip_map::ioapic_to_kvm(ioapic.unwrap_or(&reset_ioapic)),
@@ -153,8 +155,6 @@ pub fn import_machine<R: Read>(
             clock: kvmclock.unwrap_or(virtual_clock_ns.max(0) as u64),
             ..Default::default()
         },
-        memory_regions: guest_regions(machine, ram_bytes),
-        devices: Vec::new(),
     };
     vm.validate()
         .map_err(|e| ImportError::State(e.to_string()))?;
@@ -164,6 +164,8 @@ pub fn import_machine<R: Read>(
     Ok(ImportedMachine {
         firmware_regions,
         machine,
+        vcpus,
+        memory_regions: guest_regions(machine, ram_bytes),
         vm,
         serial,
         cmos,

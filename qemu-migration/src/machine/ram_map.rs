@@ -1,7 +1,6 @@
 //! Where each RAM block of a stream lives in guest-physical memory, and sink/source adapters that
 //! move pages straight between the stream and a guest memory given by address.
 
-use snapshot::vm_state::MemoryRegionState;
 use thiserror::Error;
 
 use super::MachineType;
@@ -49,6 +48,13 @@ pub struct BlockPlacement {
 
 const FOUR_GIB: u64 = 1 << 32;
 const FIRST_MIB: u64 = 1 << 20;
+
+/// A guest RAM region, in the order its pages appear in RAM (and in snapshot memory files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryRegionState {
+    pub guest_phys_addr: u64,
+    pub len: u64,
+}
 
 /// The guest RAM regions for `ram_bytes` of main block.
 pub fn guest_regions(machine: MachineType, ram_bytes: u64) -> Vec<MemoryRegionState> {

@@ -1,21 +1,24 @@
 //! `snapvmm bench`: restores per second for each restore strategy, guest size and number of
 //! pages dirtied per round, side by side with the same loop without restores (the floor), and the
 //! SAVE stall. Runs the `snapshot-bench` guest from guest-tools; every figure comes from one run.
+//! A client of the library like `snapvmm run`: the same `drive` loop, so the figures include
+//! the cost of returning each RESTORE to the caller.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use vmm::{
+    KernelSource, Machine, MachineConfig, MachineError, RestoreStrategy, SerialOutput, VcpuRestore,
+    VmEvent,
+};
 
-use crate::config::{KernelSource, SerialOutput, VmConfig};
-use crate::snapshot_engine::{RestoreStrategy, VcpuRestore};
-use crate::vcpu::StopReason;
-use crate::vm::{Vm, VmError};
+use crate::run::{drive, RunEnd, RunPolicy};
 
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Machine(#[from] MachineError),
     #[error("the bench guest stopped unexpectedly: {reason}")]
     GuestFailed { reason: String },
     #[error("the bench guest never took a snapshot")]
@@ -25,14 +28,8 @@ pub enum BenchError {
 /// One measured configuration.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
-    pub mem_bytes: u64,
-    pub mode: BenchMode,
-    pub pages: u32,
     pub rounds: u32,
     pub elapsed: Duration,
-    pub pages_restored: u64,
-    pub full_vcpu_restores: u64,
-    pub shadow_mmu_resets: u64,
     pub save_stall: Duration,
     pub capture_stall: Duration,
 }
@@ -70,12 +67,9 @@ pub fn run_one(
     rounds: u32,
     populate_ram: bool,
 ) -> Result<BenchResult, BenchError> {
-    let mut config = VmConfig::new(kernel.clone());
+    let mut config = MachineConfig::new(kernel.clone());
     config.mem_bytes = mem_bytes;
-    config.serial = SerialOutput::File(
-        std::env::temp_dir().join(format!("snapvmm-bench-{}.log", std::process::id())),
-    );
-    config.timeout = Some(Duration::from_secs(600));
+    config.serial = SerialOutput::Discard;
     config.cmdline = format!(
         "rounds={rounds} pages={pages} mode={}",
         if mode == BenchMode::Floor {
@@ -85,36 +79,35 @@ pub fn run_one(
         }
     );
     config.engine.vcpu_restore = VcpuRestore::Auto;
-    config.engine.max_restores = Some(rounds as u64);
     if let BenchMode::Restore(strategy) = mode {
         config.engine.strategy = strategy;
     }
-    let mut vm = Vm::new(&config)?;
+    let mut machine = Machine::boot(&config)?;
     if populate_ram {
-        vm.populate_free_ram();
+        machine.populate_free_ram();
     }
-    let reason = vm.run()?;
-    let stopped = Instant::now();
-    let expected = match mode {
-        BenchMode::Floor => StopReason::DebugExit(0),
-        BenchMode::Restore(_) => StopReason::RestoreLimit(rounds as u64),
+    let policy = RunPolicy {
+        timeout: Some(Duration::from_secs(600)),
+        save_dir: None,
+        max_restores: Some(rounds as u64),
     };
-    if reason != expected {
+    let end = drive(&mut machine, &policy);
+    let stopped = Instant::now();
+    let as_expected = match (&end, mode) {
+        (RunEnd::Event(VmEvent::DebugExit { code: 0 }), BenchMode::Floor) => true,
+        (RunEnd::RestoreLimit(n), BenchMode::Restore(_)) => *n == rounds as u64,
+        _ => false,
+    };
+    if !as_expected {
         return Err(BenchError::GuestFailed {
-            reason: reason.to_string(),
+            reason: format!("{end:?}"),
         });
     }
-    let stats = &vm.engine.stats;
+    let stats = machine.stats();
     let started = stats.first_save_done.ok_or(BenchError::NoSnapshot)?;
     Ok(BenchResult {
-        mem_bytes,
-        mode,
-        pages,
         rounds,
         elapsed: stopped - started,
-        pages_restored: stats.pages_restored,
-        full_vcpu_restores: stats.full_vcpu_restores,
-        shadow_mmu_resets: stats.shadow_mmu_resets,
         save_stall: stats.last_save_stall,
         capture_stall: stats.last_capture_stall,
     })

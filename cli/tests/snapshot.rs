@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
-use snapvmm_tests::runner::{require_kvm, run_snapvmm, Outcome};
+use snapvmm_tests::runner::{require_kvm, Outcome};
+
+/// The snapvmm binary cargo built for these tests.
+const SNAPVMM: &str = env!("CARGO_BIN_EXE_snapvmm");
+
+fn run_snapvmm(args: &[&str], budget: Duration) -> Outcome {
+    snapvmm_tests::runner::run_snapvmm(SNAPVMM.as_ref(), args, budget)
+}
 
 const BUDGET: Duration = Duration::from_secs(240);
 
@@ -292,4 +299,102 @@ fn damaged_snapshots_are_refused_cleanly() {
         let _ = std::fs::remove_dir_all(&bad);
     }
     let _ = std::fs::remove_dir_all(&good);
+}
+
+/// The brand string cpuid-probe printed.
+fn printed_brand(outcome: &Outcome) -> String {
+    outcome
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("cpuid-probe: brand ["))
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("no brand line: {}", outcome.transcript()))
+        .to_string()
+}
+
+/// Sets the CPU brand string (CPUID 0x80000002-4) of a CPUID list.
+fn set_brand(cpuid: &mut [kvm_bindings::kvm_cpuid_entry2], brand: &str) {
+    let mut bytes = [0u8; 48];
+    bytes[..brand.len()].copy_from_slice(brand.as_bytes());
+    for entry in cpuid.iter_mut() {
+        let Some(leaf) = entry.function.checked_sub(0x8000_0002).filter(|l| *l < 3) else {
+            continue;
+        };
+        let word = |i: usize| {
+            let at = leaf as usize * 16 + i * 4;
+            u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+        };
+        (entry.eax, entry.ebx, entry.ecx, entry.edx) = (word(0), word(1), word(2), word(3));
+    }
+}
+
+/// A snapshot on disk carries its CPU model: a resumed vCPU gets the saved CPUID, not this host's
+/// (the brand string edited in the saved state is what the guest reads after the resume), and a
+/// model this host's KVM cannot provide is refused with one line.
+#[test]
+fn snapshots_carry_their_cpuid() {
+    let dir = temp_dir("cpuid");
+    let dir_arg = dir.to_str().unwrap();
+    let booted = run_guest(
+        "cpuid-probe",
+        "",
+        &["--mem", "32M", "--save-snapshot", dir_arg],
+    );
+    assert_eq!(booted.status, 0, "{}", booted.transcript());
+    let host_brand = printed_brand(&booted);
+
+    let mut state = vmm::disk::read_snapshot(&dir).expect("read snapshot").state;
+    assert!(state.vcpu.cpuid.len() > 4, "the snapshot holds CPUID");
+    set_brand(&mut state.vcpu.cpuid, "snapvmm saved CPU model");
+    vmm::disk::replace_state(&dir, &state).expect("rewrite snapshot");
+    let resumed = run_snapvmm(
+        &["run", "--from-snapshot", dir_arg, "--timeout", "60"],
+        BUDGET,
+    );
+    assert_eq!(resumed.status, 0, "{}", resumed.transcript());
+    assert_ne!(host_brand, "snapvmm saved CPU model");
+    // The vCPU of the resumed machine has the saved model (read back with KVM_GET_CPUID2).
+    let mut machine =
+        vmm::Machine::from_snapshot_dir(&dir, &Default::default()).expect("resume in-process");
+    let applied = machine.current_state().expect("state").vcpu.cpuid;
+    let brand_of = |cpuid: &[kvm_bindings::kvm_cpuid_entry2]| {
+        let mut leaves: Vec<_> = cpuid
+            .iter()
+            .filter(|e| (0x8000_0002..=0x8000_0004).contains(&e.function))
+            .map(|e| (e.function, e.eax, e.ebx, e.ecx, e.edx))
+            .collect();
+        leaves.sort();
+        leaves
+    };
+    assert_eq!(brand_of(&applied), brand_of(&state.vcpu.cpuid));
+    drop(machine);
+    // What the guest reads: KVM answers CPUID from the vCPU's model wherever it intercepts the
+    // instruction (always on hardware KVM; kvm_pvm lets CPL3 code execute it natively).
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(printed_brand(&resumed), "snapvmm saved CPU model");
+    }
+
+    // Leaf 7 with every feature bit set: no host offers all of them.
+    let leaf7 = state
+        .vcpu
+        .cpuid
+        .iter_mut()
+        .find(|e| e.function == 7 && e.index == 0)
+        .expect("CPUID leaf 7");
+    leaf7.ebx = u32::MAX;
+    vmm::disk::replace_state(&dir, &state).expect("rewrite snapshot");
+    let refused = run_snapvmm(&["run", "--from-snapshot", dir_arg], BUDGET);
+    assert_eq!(refused.status, 64, "{}", refused.transcript());
+    assert!(
+        refused.stderr.contains("CPU model needs features"),
+        "{}",
+        refused.transcript()
+    );
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.transcript()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,10 +5,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{KernelSource, MemSize, SerialOutput, VmConfig};
-use vmm::device_manager::DeviceOptions;
-use vmm::snapshot_engine::{EngineOptions, RestoreStrategy, VcpuRestore};
-use vmm::vm::Vm;
+use vmm::{
+    DeviceOptions, EngineOptions, KernelSource, Machine, MachineConfig, MemSize, RestoreStrategy,
+    ResumeOptions, SerialOutput, VcpuRestore,
+};
+
+mod bench;
+mod run;
+mod stdin;
+mod termination;
+
+use run::{describe, drive, RunPolicy};
+use termination::Termination;
 
 /// Status for bad input or a VM that could not be set up (sysexits' EX_USAGE).
 const STATUS_SETUP_ERROR: u8 = 64;
@@ -106,6 +114,8 @@ enum VcpuRestoreArg {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts, so that every thread inherits the mask (see termination.rs).
+    termination::block_termination_signals();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -160,12 +170,66 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         Some(secs) => anyhow::bail!("--timeout {secs} is not a positive number of seconds"),
         None => None,
     };
-    let kernel = match (args.kernel, args.guest.as_deref()) {
+    let engine = EngineOptions {
+        strategy: match args.restore {
+            RestoreArg::Dirty => RestoreStrategy::Dirty,
+            RestoreArg::Remap => RestoreStrategy::Remap,
+        },
+        vcpu_restore: match args.vcpu_restore {
+            VcpuRestoreArg::Auto => VcpuRestore::Auto,
+            VcpuRestoreArg::Full => VcpuRestore::Full,
+        },
+        verify_restores: args.verify_restores,
+    };
+    if let Some(dir) = &args.save_snapshot {
+        vmm::disk::check_snapshot_target(dir)?;
+    }
+    let mut machine = match &args.from_snapshot {
+        Some(dir) => Machine::from_snapshot_dir(
+            dir,
+            &ResumeOptions {
+                serial: args.serial.clone(),
+                engine,
+            },
+        )?,
+        None => {
+            let kernel = kernel_source(args.kernel, args.guest.as_deref())?;
+            Machine::boot(&MachineConfig {
+                kernel,
+                initrd: args.initrd,
+                cmdline: args.cmdline,
+                mem_bytes: args.mem.0,
+                serial: args.serial,
+                engine,
+                devices: DeviceOptions {
+                    snapshot_slot: args.snapshot_slot,
+                    ..Default::default()
+                },
+            })?
+        }
+    };
+    let termination = Termination::watch(machine.control());
+    let _stdin = stdin::StdinForwarder::start(machine.serial_input()).ok();
+    let policy = RunPolicy {
+        timeout,
+        save_dir: args.save_snapshot,
+        max_restores: args.max_restores,
+    };
+    let end = drive(&mut machine, &policy);
+    if let Some(summary) = machine.stats().summary() {
+        eprintln!("snapvmm: snapshots: {summary}");
+    }
+    let (status, message) = describe(&end, termination.signal());
+    eprintln!("snapvmm: {message} (exit status {status})");
+    Ok(status)
+}
+
+/// The kernel `--kernel` or `--guest` names; with neither, the built-in `hello` guest.
+fn kernel_source(kernel: Option<PathBuf>, guest: Option<&str>) -> anyhow::Result<KernelSource> {
+    Ok(match (kernel, guest) {
         (Some(path), _) => KernelSource::File(path),
         (None, None) => {
-            if args.from_snapshot.is_none() {
-                eprintln!("snapvmm: no --kernel given: booting the built-in 'hello' guest");
-            }
+            eprintln!("snapvmm: no --kernel given: booting the built-in 'hello' guest");
             KernelSource::Builtin {
                 name: "hello",
                 image: guest_tools::HELLO_ELF,
@@ -183,43 +247,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
                 image: guest.image,
             }
         }
-    };
-    let config = VmConfig {
-        kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        mem_bytes: args.mem.0,
-        serial: args.serial,
-        timeout,
-        engine: EngineOptions {
-            strategy: match args.restore {
-                RestoreArg::Dirty => RestoreStrategy::Dirty,
-                RestoreArg::Remap => RestoreStrategy::Remap,
-            },
-            vcpu_restore: match args.vcpu_restore {
-                VcpuRestoreArg::Auto => VcpuRestore::Auto,
-                VcpuRestoreArg::Full => VcpuRestore::Full,
-            },
-            verify_restores: args.verify_restores,
-            max_restores: args.max_restores,
-        },
-        save_snapshot: args.save_snapshot,
-        devices: DeviceOptions {
-            snapshot_slot: args.snapshot_slot,
-            ..Default::default()
-        },
-    };
-    let mut vm = match &args.from_snapshot {
-        Some(dir) => Vm::from_snapshot(&config, dir)?,
-        None => Vm::new(&config)?,
-    };
-    let reason = vm.run()?;
-    if let Some(summary) = vm.engine.stats.summary() {
-        eprintln!("snapvmm: snapshots: {summary}");
-    }
-    let status = reason.exit_status();
-    eprintln!("snapvmm: {reason} (exit status {status})");
-    Ok(status)
+    })
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -228,7 +256,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("guest-tools has no snapshot-bench guest"))?,
     );
     let sizes: Vec<u64> = args.sizes.iter().map(|s| s.0).collect();
-    let report = vmm::bench::run_matrix(&kernel, &sizes, &args.pages)?;
+    let report = bench::run_matrix(&kernel, &sizes, &args.pages)?;
     println!("{report}");
     Ok(())
 }

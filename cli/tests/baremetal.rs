@@ -3,7 +3,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use snapvmm_tests::runner::{require_kvm, run_snapvmm, Outcome};
+use snapvmm_tests::runner::{require_kvm, Outcome};
+
+/// The snapvmm binary cargo built for these tests.
+const SNAPVMM: &str = env!("CARGO_BIN_EXE_snapvmm");
+
+fn run_snapvmm(args: &[&str], budget: Duration) -> Outcome {
+    snapvmm_tests::runner::run_snapvmm(SNAPVMM.as_ref(), args, budget)
+}
 
 const BUDGET: Duration = Duration::from_secs(60);
 
@@ -255,7 +262,7 @@ fn each_way_a_guest_stops_has_its_own_status() {
 fn ctrl_c_stops_a_running_guest_cleanly() {
     require_kvm();
     let spin = tiny_pvh_kernel("spin-int.elf", &[0xeb, 0xfe]);
-    let child = Command::new(snapvmm_tests::runner::snapvmm_binary())
+    let child = Command::new(SNAPVMM)
         .args(["run", "--kernel", spin.to_str().unwrap(), "--timeout", "30"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
