@@ -453,6 +453,9 @@ impl<T: FuzzTarget> Fuzzer<T> {
             }
         }
         if let Some(failure) = executor.take_failure() {
+            // Keep what was learnt about crashes and hangs for the next session anyway.
+            let (crash_history, hang_history) = fuzzer.objective().histories();
+            let _ = output::write_histories(&layout, crash_history, hang_history);
             return Err(failure.into());
         }
 

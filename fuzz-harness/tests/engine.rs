@@ -554,3 +554,38 @@ fn the_dictionary_solves_a_magic_value() {
         "an 8-byte magic by chance?"
     );
 }
+
+#[test]
+fn a_saved_crash_replays_with_its_verdict() {
+    let out = scratch_dir("replay");
+    let mut config = config(&out);
+    config.max_execs = Some(30_000);
+    let summary = Fuzzer::new(config, OutcomeTarget::new())
+        .unwrap()
+        .run()
+        .unwrap();
+    let exception = summary
+        .crash_files
+        .iter()
+        .find(|p| p.to_string_lossy().contains("kind:exception,code:14"))
+        .unwrap();
+    let mut target = OutcomeTarget::new();
+    for _ in 0..100 {
+        let replay =
+            fuzz_harness::replay(&mut target, exception, Duration::from_millis(1000)).unwrap();
+        assert_eq!(
+            replay.to_string(),
+            "crash: CPU exception #PF (vector 14) at pc 0x3000"
+        );
+    }
+    let hang = out
+        .join("default/hangs")
+        .join(&afl_files(&out.join("default/hangs"))[0]);
+    let replay = fuzz_harness::replay(&mut target, &hang, Duration::from_millis(250)).unwrap();
+    assert_eq!(replay.to_string(), "hang: no end within 250 ms");
+    let missing = fuzz_harness::replay(&mut target, &out.join("nope"), Duration::from_secs(1));
+    assert!(matches!(
+        missing,
+        Err(fuzz_harness::ReproError::Read { .. })
+    ));
+}
