@@ -9,10 +9,12 @@ use std::time::Duration;
 use devices::serial::SerialDeviceState;
 use kvm_bindings::{kvm_segment, KVM_MP_STATE_RUNNABLE};
 use qemu_migration::machine::irqchip_map;
-use qemu_migration::machine::ram_map::{GuestMemory, GuestRamSource, VecGuestMemory};
+use qemu_migration::machine::ram_map::{
+    GuestMemory, GuestRamSource, MemoryRegionState, VecGuestMemory,
+};
 use qemu_migration::sections::{I8259Section, IoapicSection};
 use qemu_migration::{export_machine, ExportParts, MachineType};
-use snapshot::vm_state::{MemoryRegionState, VcpuState, VmState};
+use snapshot::vm_state::{VcpuState, VmState};
 
 const MEM: u64 = 32 << 20;
 const CODE_AT: u64 = 0x1000;
@@ -40,20 +42,33 @@ fn flat(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
-fn vcpu() -> VcpuState {
+/// A 32-bit TSS at this address whose I/O bitmap allows every port below 0x400.
+const TSS_AT: u64 = 0x2000;
+const TSS_LIMIT: u32 = 104 + 0x400 / 8;
+
+fn vcpu(cpl3: bool) -> VcpuState {
     let mut vcpu = VcpuState::new(0);
     vcpu.regs.rip = CODE_AT;
     vcpu.regs.rflags = 0x2;
     vcpu.regs.rsp = 0x8000;
-    let data = flat(0x10, 3);
-    vcpu.sregs.cs = flat(0x8, 11);
+    let (mut code, mut data) = (flat(0x8, 11), flat(0x10, 3));
+    if cpl3 {
+        code.selector = 0x1b;
+        code.dpl = 3;
+        data.selector = 0x23;
+        data.dpl = 3;
+    }
+    vcpu.sregs.cs = code;
     vcpu.sregs.ds = data;
     vcpu.sregs.es = data;
     vcpu.sregs.ss = data;
     vcpu.sregs.fs = data;
     vcpu.sregs.gs = data;
+    // Port I/O at CPL3 (IOPL 0) goes through the TSS I/O bitmap: TR must come through exactly.
     vcpu.sregs.tr = kvm_segment {
-        limit: 0x67,
+        base: TSS_AT,
+        limit: TSS_LIMIT,
+        selector: 0x28,
         type_: 11,
         present: 1,
         ..Default::default()
@@ -87,10 +102,14 @@ fn vcpu() -> VcpuState {
     vcpu
 }
 
-#[test]
-fn a_guest_built_in_our_types_runs_in_qemu() {
+/// Exports the guest and returns what QEMU's COM1 printed.
+fn run_in_qemu(cpl3: bool, allow_io: bool) -> String {
+    let vcpus = vec![vcpu(cpl3)];
+    let regions = vec![MemoryRegionState {
+        guest_phys_addr: 0,
+        len: MEM,
+    }];
     let vm = VmState {
-        vcpus: vec![vcpu()],
         pic_master: irqchip_map::i8259_to_kvm(&I8259Section::default(), false),
         pic_slave: irqchip_map::i8259_to_kvm(&I8259Section::default(), true),
         ioapic: irqchip_map::ioapic_to_kvm(&IoapicSection::default()),
@@ -99,17 +118,18 @@ fn a_guest_built_in_our_types_runs_in_qemu() {
             clock: 1_000_000_000,
             ..Default::default()
         },
-        memory_regions: vec![MemoryRegionState {
-            guest_phys_addr: 0,
-            len: MEM,
-        }],
-        devices: Vec::new(),
     };
     let mut memory = VecGuestMemory::default();
-    memory.prepare(&vm.memory_regions, &[]).unwrap();
+    memory.prepare(&regions, &[]).unwrap();
     memory.write(CODE_AT, CODE).unwrap();
+    let mut tss = vec![if allow_io { 0u8 } else { 0xff }; TSS_LIMIT as usize + 1];
+    tss[..104].fill(0);
+    tss[102..104].copy_from_slice(&104u16.to_le_bytes());
+    tss[TSS_LIMIT as usize] = 0xff;
+    memory.write(TSS_AT, &tss).unwrap();
     let serial = SerialDeviceState::default();
     let parts = ExportParts {
+        vcpus: &vcpus,
         vm: &vm,
         serial: Some(&serial),
         cmos: None,
@@ -118,8 +138,7 @@ fn a_guest_built_in_our_types_runs_in_qemu() {
         virtual_clock_ns: None,
         running: true,
     };
-    let mut source =
-        GuestRamSource::new(MachineType::Microvm, &vm.memory_regions, &mut memory).unwrap();
+    let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).unwrap();
     let stream = export_machine(&parts, &mut source, Vec::new()).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -142,9 +161,33 @@ fn a_guest_built_in_our_types_runs_in_qemu() {
     }
     let status = qemu.status();
     let stderr = qemu.quit();
+    format!("{output}\n--- status {status}; QEMU said: {stderr}")
+}
+
+#[test]
+fn a_cpl0_guest_built_in_our_types_runs_in_qemu() {
+    let output = run_in_qemu(false, true);
     assert!(
-        output.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZABC"),
-        "guest output {:?} (status {status}); QEMU said: {stderr}",
-        &output[..output.len().min(200)]
+        output.starts_with("ABCDEFGHIJKLMNOPQRSTUVWXYZABC"),
+        "{}",
+        &output[..output.len().min(300)]
+    );
+}
+
+#[test]
+fn a_cpl3_guest_keeps_its_tss_io_bitmap_in_qemu() {
+    let output = run_in_qemu(true, true);
+    assert!(
+        output.starts_with("ABCDEFGHIJKLMNOPQRSTUVWXYZABC"),
+        "{}",
+        &output[..output.len().min(300)]
+    );
+    // The same guest with the ports closed in its I/O bitmap faults instead of printing: the
+    // bitmap (through TR) is what QEMU's KVM used.
+    let output = run_in_qemu(true, false);
+    assert!(
+        !output.starts_with('A'),
+        "{}",
+        &output[..output.len().min(300)]
     );
 }
