@@ -7,7 +7,7 @@
  *
  * Prints nothing per run. Command line: input=HEX (the input to use when INPUT_LEN is 0, e.g.
  * under plain `snapvmm run`, which writes no input; at most 256 bytes), e.g. the crashing
- * input: input=5349440410b54100.
+ * input: input=5349030410b54100.
  */
 #include "rt.h"
 #include "simg/simg_parse.h"

@@ -11,7 +11,7 @@ const GUARD_SECTION: &str = "__sancov_guards";
 const GUARD_CALLBACK: &[u8] = b"__sanitizer_cov_trace_pc_guard";
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// The demo's crashing input, as documented in `fuzz-targets/simg/simg_parse.h`.
-const SIMG_CRASH: &[u8] = b"SID\x04\x10\xb5\x41\x00";
+const SIMG_CRASH: &[u8] = b"SI\x03\x04\x10\xb5\x41\x00";
 
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -204,16 +204,19 @@ const SIGSEGV: i32 = 11;
 fn demo_parser_accepts_and_rejects_images() {
     // A header first, then the same run chunk: accepted.
     assert_eq!(
-        simg(b"SIH\x03\x08\x08\x00D\x04\x10\xb5\x41\x00E\x00"),
+        simg(b"SI\x01\x03\x08\x08\x00\x03\x04\x10\xb5\x41\x00\x04\x00"),
         Ok(0)
     );
     assert_eq!(simg(b"SI"), Ok(0));
-    assert_eq!(simg(b"SIP\x03\x01\x02\x03"), Ok(0));
+    assert_eq!(simg(b"SI\x02\x03\x01\x02\x03"), Ok(0));
     assert_eq!(simg(b""), Ok(1));
     assert_eq!(simg(b"PNG\x89...."), Ok(1));
-    assert_eq!(simg(b"SIX\x00"), Ok(1));
+    assert_eq!(simg(b"SI\x09\x00"), Ok(1));
     // A run longer than the pixel buffer after a header is refused, not written.
-    assert_eq!(simg(b"SIH\x03\x08\x08\xffD\x04\xff\x5a\x41\x00"), Ok(1));
+    assert_eq!(
+        simg(b"SI\x01\x03\x08\x08\xff\x03\x04\xff\x5a\x41\x00"),
+        Ok(1)
+    );
 }
 
 #[test]
