@@ -73,6 +73,10 @@ impl Reporter {
         let now = Instant::now();
         self.next_report = now + REPORT_INTERVAL;
         let mut snapshot = stats::snapshot(state, campaign, &self.edges_name, self.map_len);
+        if self.rates.is_empty() {
+            // The first rate is measured from the session's start.
+            self.rates.record(campaign.started, campaign.previous_execs);
+        }
         let (recent, last_minute) = self.rates.record(now, snapshot.total_execs);
         snapshot.execs_per_sec_now = recent;
         snapshot.execs_ps_last_min = last_minute;

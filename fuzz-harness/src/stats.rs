@@ -313,6 +313,11 @@ pub struct RateWindow {
 }
 
 impl RateWindow {
+    /// Whether no sample was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// Records `execs` at `now`; returns (rate since the previous sample, rate over the window).
     pub fn record(&mut self, now: Instant, execs: u64) -> (f64, f64) {
         const WINDOW: Duration = Duration::from_secs(60);
