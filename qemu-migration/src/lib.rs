@@ -3,13 +3,14 @@
 //! machine state and those sections. No KVM in this crate.
 //!
 //! For a VMM:
-//! - export: `export_machine(&ExportParts { vm, serial, cmos, .. }, &mut GuestRamSource::new(
-//!   MachineType::Microvm, &imported.memory_regions, &mut guest_memory)?, out)` writes a `microvm` stream;
+//! - export: `export_machine(&ExportParts { vcpus, vm, serial, cmos, .. }, &mut
+//!   GuestRamSource::new(MachineType::Microvm, &regions, &mut guest_memory)?, out)` writes a
+//!   `microvm` stream (`regions`: the guest's RAM, low part from 0 and the rest at 4 GiB);
 //! - import: `import_machine(input, &mut GuestRamSink::new(&mut guest_memory).with_zeroed_memory(),
 //!   &ImportOptions { cpuid, host_monotonic_ns, .. })` reads `microvm`, `pc-i440fx-7.2` or
-//!   `pc-q35-7.2` and returns the `VmState`, UART and CMOS states, RAM size and run state;
-//!   `guest_memory` implements `machine::ram_map::GuestMemory` (its `prepare` is called with the
-//!   stream's RAM regions before any page).
+//!   `pc-q35-7.2` and returns the vCPUs, `VmState`, UART and CMOS states, RAM regions and size,
+//!   firmware regions and run state; `guest_memory` implements `machine::ram_map::GuestMemory`
+//!   (its `prepare` is called with the stream's RAM and firmware regions before any page).
 
 pub mod format;
 pub mod hflags;
