@@ -59,6 +59,9 @@ pub fn export_machine<W: Write>(
 ) -> Result<W, ExportError> {
     let machine = MachineType::Microvm;
     let vm = parts.vm;
+    if parts.vcpus.is_empty() {
+        return Err(ExportError::State("no vCPU".into()));
+    }
     vm.validate()
         .map_err(|e| ExportError::State(e.to_string()))?;
     let blocks = ram.blocks();
