@@ -57,8 +57,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// What to fuzz with, where to write, when to stop.
 #[derive(Debug, Clone)]
 pub struct FuzzConfig {
-    /// Output directory (AFL++'s `-o`); this instance writes into `out_dir/default`.
+    /// Output directory (AFL++'s `-o`); this instance writes into `out_dir/instance_name`.
     pub out_dir: PathBuf,
+    /// This instance's directory name (`default`; one per job when several fuzz one directory).
+    pub instance_name: String,
     /// Seed directories (AFL++'s `-i`). Ignored when `out_dir` already holds a queue (resume).
     pub corpus_dirs: Vec<PathBuf>,
     /// AFL/libFuzzer dictionary.
@@ -88,6 +90,7 @@ impl FuzzConfig {
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
         Self {
             out_dir: out_dir.into(),
+            instance_name: output::INSTANCE_NAME.to_string(),
             corpus_dirs: Vec::new(),
             dict: None,
             max_time: None,
@@ -112,6 +115,8 @@ pub enum FuzzError {
     Dict(#[from] DictError),
     #[error(transparent)]
     Seeds(#[from] SeedError),
+    #[error("instance name {0:?} is not 1-64 letters, digits, _ or -")]
+    BadInstanceName(String),
     #[error("the timeout per run must be at least 1 ms")]
     BadTimeout,
     #[error("the target takes no input (its largest input is 0 bytes)")]
@@ -156,7 +161,7 @@ pub struct FuzzSummary {
     /// Crash and hang files written in this session.
     pub crash_files: Vec<PathBuf>,
     pub hang_files: Vec<PathBuf>,
-    /// The instance directory (`out_dir/default`).
+    /// The instance directory (`out_dir/instance_name`).
     pub instance_dir: PathBuf,
     pub warnings: Vec<String>,
 }
@@ -223,7 +228,10 @@ impl<T: FuzzTarget> Fuzzer<T> {
             None => Vec::new(),
         };
         seeds::check_dirs(&config.corpus_dirs)?;
-        let layout = OutputLayout::new(&config.out_dir);
+        if !output::is_valid_instance_name(&config.instance_name) {
+            return Err(FuzzError::BadInstanceName(config.instance_name.clone()));
+        }
+        let layout = OutputLayout::new(&config.out_dir, &config.instance_name);
         layout.create()?;
         let resume = output::scan_existing(&layout, map_len)?;
         let mut seeds = if resume.is_resume() {

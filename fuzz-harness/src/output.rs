@@ -9,8 +9,18 @@ use std::time::Duration;
 use crate::names;
 use crate::target::CrashInfo;
 
-/// Name of this instance's directory under the output directory (AFL++'s default `-M`/`-S` name).
+/// Name of an instance's directory under the output directory when none is given (AFL++'s
+/// default; with several instances each has its own, as AFL++'s `-M`/`-S` names).
 pub const INSTANCE_NAME: &str = "default";
+
+/// Whether `name` can name an instance directory (AFL++ allows letters, digits, `_` and `-`).
+pub fn is_valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 /// Most files read from one directory of an existing campaign.
 const MAX_DIR_ENTRIES: usize = 1_000_000;
@@ -45,7 +55,7 @@ pub enum OutputError {
 pub struct OutputLayout {
     /// The output directory the user named.
     pub root: PathBuf,
-    /// `root/default`.
+    /// `root/NAME` (`root/default` unless named).
     pub instance: PathBuf,
     pub queue: PathBuf,
     pub crashes: PathBuf,
@@ -59,9 +69,9 @@ pub struct OutputLayout {
 }
 
 impl OutputLayout {
-    /// The layout under `root` (nothing is created).
-    pub fn new(root: &Path) -> Self {
-        let instance = root.join(INSTANCE_NAME);
+    /// The layout of instance `name` under `root` (nothing is created).
+    pub fn new(root: &Path, name: &str) -> Self {
+        let instance = root.join(name);
         Self {
             root: root.to_path_buf(),
             queue: instance.join("queue"),
@@ -322,7 +332,7 @@ mod tests {
     fn scan_orders_by_id_and_reads_previous_stats() {
         let dir = std::env::temp_dir().join(format!("fuzz-output-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let layout = OutputLayout::new(&dir);
+        let layout = OutputLayout::new(&dir, INSTANCE_NAME);
         layout.create().unwrap();
         fs::write(layout.queue.join("id:000002,time:1,execs:1,orig:b"), b"b").unwrap();
         fs::write(layout.queue.join("id:000000,time:0,execs:0,orig:a"), b"a").unwrap();

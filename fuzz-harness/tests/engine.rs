@@ -445,6 +445,14 @@ fn bad_input_is_a_one_line_typed_error() {
     let err = Fuzzer::new(with_corpus, ParserTarget::new()).err().unwrap();
     assert!(matches!(err, FuzzError::Seeds(_)), "{err}");
 
+    // An instance name that is no directory name.
+    let mut named = config(&base.join("out7"));
+    named.instance_name = "../x".into();
+    assert!(matches!(
+        Fuzzer::new(named, ParserTarget::new()).err().unwrap(),
+        FuzzError::BadInstanceName(_)
+    ));
+
     // A zero timeout.
     let mut zero = config(&base.join("out3"));
     zero.timeout = Duration::ZERO;
