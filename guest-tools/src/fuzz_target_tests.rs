@@ -80,6 +80,8 @@ fn fuzz_targets_are_runtime_guests_with_coverage_guards() {
             assert_eq!(guards % 4, 0, "{name}");
         }
     }
+    // coverage-check opts out of instrumentation everywhere but in one single-block function.
+    assert_eq!(guard_bytes("coverage-check"), 4);
     // Programs built with gcc have no guards at all.
     for name in ["hello", "snapshot-stress", "foreign-fuzz"] {
         assert_eq!(guard_bytes(name), 0, "{name} has coverage guards");
