@@ -200,12 +200,16 @@ pub fn read_stream<R: Read>(
                         });
                     }
                     let body_at = wire.offset();
-                    let state = decode_section(&mut wire, &idstr, instance_id, version).map_err(
-                        |source| ReadError::Section {
+                    let cpus = parsed
+                        .sections
+                        .iter()
+                        .filter(|s| matches!(s.state, SectionState::Cpu(_)))
+                        .count();
+                    let state = decode_section(&mut wire, &idstr, instance_id, version, cpus)
+                        .map_err(|source| ReadError::Section {
                             offset: body_at,
                             source,
-                        },
-                    )?;
+                        })?;
                     device_state_bytes += wire.offset() - body_at;
                     if device_state_bytes > limits.max_device_state_bytes {
                         return Err(ReadError::TooMuchDeviceState(limits.max_device_state_bytes));

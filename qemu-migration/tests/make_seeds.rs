@@ -1,6 +1,9 @@
 //! Regenerates `fuzz/seeds/` from QEMU 7.2 (run with `-- --ignored`): one whole small microvm
 //! stream as QEMU wrote it, and streams of each machine with RAM trimmed to a few pages per block
-//! (device sections as QEMU wrote them, RAM re-encoded by our writer).
+//! (device sections as QEMU wrote them, RAM re-encoded by our writer). The `*-linux-*` seeds were
+//! made the same way, once, from QEMU 7.2 TCG runs of Debian's 6.12 kernel (`-kernel vmlinuz
+//! -append console=ttyS0`, no initrd, saved after its root-mount panic; `pc` with `-smp 2`), with
+//! RAM trimmed to 2 pages per block; this test does not rewrite them.
 
 mod common;
 

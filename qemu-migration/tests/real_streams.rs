@@ -289,3 +289,60 @@ fn tcg_stream_imports_without_kvmclock() {
     };
     assert_eq!(imported.vm.clock.clock, timer.cpu_clock_offset as u64);
 }
+
+/// Streams of a Linux 6.12 kernel booted under TCG to its root-mount panic (the fuzz seeds
+/// `*-linux-*.bin`, RAM trimmed): the devices Linux programmed send subsections the firmware-only
+/// streams lack (ps2kbd/ledstate, ps2kbd/command_reply_queue, hpet/offset, piix4_pm/cpuhp with
+/// one entry per vCPU, cpu/poll_control_msr, cpu/msr_smi_count).
+#[test]
+fn linux_guest_streams_parse_and_import() {
+    for (name, bytes) in common::corpus_streams() {
+        if !name.contains("linux") {
+            continue;
+        }
+        let parsed = read_stream(
+            &bytes[..],
+            &mut qemu_migration::ram::DiscardRam::default(),
+            &ReadLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cpus: Vec<_> = parsed
+            .sections
+            .iter()
+            .filter_map(|s| match &s.state {
+                SectionState::Cpu(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            cpus.len(),
+            if name.contains("smp2") { 2 } else { 1 },
+            "{name}"
+        );
+        for cpu in &cpus {
+            assert_eq!(
+                cpu.hflags & 0xc000,
+                0xc000,
+                "{name}: 64-bit code (LMA, CS64)"
+            );
+            let inputs = qemu_migration::machine::cpu_map::hflag_inputs_of_section(cpu);
+            assert_eq!(
+                qemu_migration::hflags::hflags(&inputs),
+                cpu.hflags,
+                "{name}"
+            );
+            assert!(cpu.subsection("cpu/poll_control_msr").is_some(), "{name}");
+        }
+        let mut memory = qemu_migration::machine::ram_map::VecGuestMemory::default();
+        let imported = qemu_migration::import_machine(
+            &bytes[..],
+            &mut qemu_migration::machine::ram_map::GuestRamSink::new(&mut memory),
+            &qemu_migration::ImportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for vcpu in &imported.vcpus {
+            assert_ne!(vcpu.sregs.efer & (1 << 10), 0, "{name}: long mode");
+            assert_eq!(vcpu.sregs.cs.l, 1, "{name}");
+        }
+    }
+}

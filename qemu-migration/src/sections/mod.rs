@@ -136,12 +136,14 @@ impl SectionState {
     }
 }
 
-/// Decodes the body of FULL section `idstr`/`instance` at `version` from the stream.
+/// Decodes the body of FULL section `idstr`/`instance` at `version` from the stream; `cpus` is the
+/// number of `cpu` sections before it (some skipped layouts have per-vCPU arrays).
 pub fn decode_section<R: Read>(
     wire: &mut WireReader<R>,
     idstr: &str,
     instance: u32,
     version: u32,
+    cpus: usize,
 ) -> Result<SectionState, SectionError> {
     let vmsd = idstr.rsplit('/').next().unwrap_or(idstr);
     let check = |expected: u32| -> Result<(), SectionError> {
@@ -208,7 +210,7 @@ pub fn decode_section<R: Read>(
             SectionState::GlobalState(GlobalStateSection::decode(wire)?)
         }
         _ => match skipped::layout(vmsd, version) {
-            Some(layout) => SectionState::Skipped(SkippedSection::decode(wire, layout)?),
+            Some(layout) => SectionState::Skipped(SkippedSection::decode(wire, layout, cpus)?),
             None if skipped::is_known(vmsd) => {
                 return Err(SectionError::Version {
                     idstr: idstr.to_string(),
@@ -379,8 +381,8 @@ mod tests {
 
     #[test]
     fn unknown_sections_and_subsections_are_named() {
-        let err =
-            decode_section(&mut WireReader::new(&[0u8; 64][..]), "virtio-blk", 0, 1).unwrap_err();
+        let err = decode_section(&mut WireReader::new(&[0u8; 64][..]), "virtio-blk", 0, 1, 1)
+            .unwrap_err();
         assert!(err.to_string().contains("virtio-blk"));
         // A kvmclock body followed by a subsection QEMU 7.2 does not have.
         let mut bytes = vec![0u8; 8];
@@ -389,7 +391,8 @@ mod tests {
         bytes.push(name.len() as u8);
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(&1u32.to_be_bytes());
-        let err = decode_section(&mut WireReader::new(&bytes[..]), "kvmclock", 0, 1).unwrap_err();
+        let err =
+            decode_section(&mut WireReader::new(&bytes[..]), "kvmclock", 0, 1, 1).unwrap_err();
         assert!(err.to_string().contains("kvmclock/new_thing"), "{err}");
     }
 

@@ -250,4 +250,14 @@ pub(super) static SKIPPED_SUBSECTIONS: &[SkippedSubsection] = &[
         version: 1,
         body: &[B(4), S("memory hotplug state"), S("piix4_pm/memhp")],
     },
+    SkippedSubsection {
+        name: "ps2kbd/command_reply_queue",
+        version: 0,
+        body: &[B(4), S("ps2kbd/command_reply_queue")],
+    },
+    SkippedSubsection {
+        name: "ps2kbd/ledstate",
+        version: 3,
+        body: &[B(4), S("ps2kbd/ledstate")],
+    },
 ];

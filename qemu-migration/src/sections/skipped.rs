@@ -29,6 +29,11 @@ pub enum Seg {
     CountU8(usize, &'static [Seg]),
     /// A be32 count (part of the body) then that many repetitions, at most `max`.
     CountBe32(usize, &'static [Seg]),
+    /// Repeated once per vCPU (QEMU sizes these arrays by its CPU count, which the stream shows
+    /// only as the number of `cpu` sections before this one).
+    PerCpu(&'static [Seg]),
+    /// The pieces of a shared sub-layout.
+    Nested(&'static [Seg]),
 }
 
 pub use Seg::{B, R, S};
@@ -67,8 +72,27 @@ static VARIABLE_LAYOUTS: &[SkippedLayout] = &[
     },
 ];
 
-/// Subsections documented in the reference that the sample streams did not contain.
+/// CPU hotplug state: u32 selector, u8 command, then per vCPU {bool is_inserted, bool
+/// is_removing, u32 ost_event, u32 ost_status}.
+const CPU_HOTPLUG: &[Seg] = &[
+    B(5),
+    Seg::PerCpu(&[B(10), S("CPU hotplug device state")]),
+    S("CPU hotplug state"),
+];
+
+/// Subsections written by hand: per-vCPU arrays, and ones documented in the reference that the
+/// sample streams did not contain.
 static EXTRA_SUBSECTIONS: &[SkippedSubsection] = &[
+    SkippedSubsection {
+        name: "piix4_pm/cpuhp",
+        version: 1,
+        body: &[Seg::Nested(CPU_HOTPLUG), S("piix4_pm/cpuhp")],
+    },
+    SkippedSubsection {
+        name: "ich9_pm/cpuhp",
+        version: 1,
+        body: &[Seg::Nested(CPU_HOTPLUG), S("ich9_pm/cpuhp")],
+    },
     SkippedSubsection {
         name: "hpet/rtc_irq_level",
         version: 1,
@@ -88,11 +112,6 @@ static EXTRA_SUBSECTIONS: &[SkippedSubsection] = &[
         name: "pckbd/outport",
         version: 1,
         body: &[B(1), S("pckbd/outport")],
-    },
-    SkippedSubsection {
-        name: "ps2kbd/ledstate",
-        version: 2,
-        body: &[B(4), S("ps2kbd/ledstate")],
     },
     SkippedSubsection {
         name: "ps2kbd/need_high_bit",
@@ -152,6 +171,7 @@ struct Walker<'a, R> {
     wire: &'a mut WireReader<R>,
     section: &'static str,
     body: Vec<u8>,
+    cpus: usize,
 }
 
 impl<R: Read> Walker<'_, R> {
@@ -207,6 +227,12 @@ impl<R: Read> Walker<'_, R> {
                     let count = u32::from_be_bytes(self.last_bytes::<4>()) as usize;
                     self.repeat(count, *max, inner, depth)?;
                 }
+                Seg::PerCpu(inner) => {
+                    for _ in 0..self.cpus {
+                        self.walk(inner, depth)?;
+                    }
+                }
+                Seg::Nested(inner) => self.walk(inner, depth)?,
                 Seg::S(parent) => self.subsections(parent, depth)?,
             }
         }
@@ -269,14 +295,17 @@ impl<R: Read> Walker<'_, R> {
 }
 
 impl SkippedSection {
+    /// `cpus`: the number of `cpu` sections the stream had before this one.
     pub fn decode<R: Read>(
         wire: &mut WireReader<R>,
         layout: &'static SkippedLayout,
+        cpus: usize,
     ) -> Result<Self, SectionError> {
         let mut walker = Walker {
             wire,
             section: layout.vmsd,
             body: Vec::new(),
+            cpus,
         };
         walker.walk(layout.body, 0)?;
         Ok(SkippedSection {
@@ -317,7 +346,7 @@ mod tests {
         let mut wire = WireReader::new(&bytes[..]);
         let layout = layout("PCIBUS", 1).unwrap();
         assert!(matches!(
-            SkippedSection::decode(&mut wire, layout),
+            SkippedSection::decode(&mut wire, layout, 1),
             Err(SectionError::Invalid { .. })
         ));
     }
