@@ -139,8 +139,10 @@ fn every_runtime_guest_has_a_pvh_twin_and_the_test_guests_exist() {
         "snapshot-stress",
         "snapshot-bench",
         "snapshot-commands",
+        "cpu-state",
         "fuzz-demo",
         "fuzz-paths",
+        "coverage-check",
     ] {
         assert!(
             names.contains(&expected),

@@ -188,6 +188,11 @@ static inline RT_NORETURN void rt_sys_triple_fault(void)
     rt_syscall(RT_SYS_TRIPLE_FAULT, 0, 0);
     __builtin_unreachable();
 }
+/* CR0 (`which` = 0) or CR4 (4) as the kernel left them; (uint64_t)RT_SYS_ERROR otherwise. */
+static inline uint64_t rt_sys_read_cr(uint64_t which)
+{
+    return rt_syscall(RT_SYS_READ_CR, which, 0);
+}
 /* A leaf or table entry for the window: present, writable, user, accessed, dirty. */
 static inline uint64_t rt_pte_for(uint64_t physical)
 {

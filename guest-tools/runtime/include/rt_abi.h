@@ -68,7 +68,8 @@
 #define RT_SYS_FUZZ_REPORTING 4 /* from now on a user exception is reported to the snapshot
                                  * device (EXCEPTION) while a snapshot exists: returns 0 */
 #define RT_SYS_TRIPLE_FAULT 5   /* loads an empty IDT and raises #UD at CPL0: never returns */
-#define RT_SYS_COUNT 6
+#define RT_SYS_READ_CR 6        /* RDI = 0 or 4: returns CR0 or CR4 (tests of the CPU set-up) */
+#define RT_SYS_COUNT 7
 #define RT_SYS_ERROR (-1)  /* (all ones in RAX) va outside the window, or no window */
 
 /* The page-table test window: virtual addresses whose translation a program may change through

@@ -105,6 +105,8 @@ service_entry:
         je fuzz_reporting_on
         cmp $RT_SYS_TRIPLE_FAULT, %rcx
         je triple_fault
+        cmp $RT_SYS_READ_CR, %rcx
+        je read_control_register
         cmp $RT_SYS_NOP, %rcx
         jne breakpoint
         xor %eax, %eax
@@ -168,6 +170,19 @@ service_error:
 fuzz_reporting_on:
         movl $1, fuzz_reporting(%rip)
         xor %eax, %eax
+        pop %rcx
+        iretq
+
+/* CR0 (RDI = 0) or CR4 (RDI = 4), for programs that check the CPU set-up. */
+read_control_register:
+        cmp $4, %rdi
+        je 1f
+        test %rdi, %rdi
+        jnz service_error
+        mov %cr0, %rax
+        pop %rcx
+        iretq
+1:      mov %cr4, %rax
         pop %rcx
         iretq
 
