@@ -110,6 +110,8 @@ pub struct DeviceManager {
     snapshot_device: Arc<Mutex<SnapshotDevice>>,
     snapshot_slot: u8,
     mapped_bars: Vec<MappedBar>,
+    /// BAR placements KVM refused, for rate-limiting their warnings.
+    unmappable_bars: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,6 +196,7 @@ impl DeviceManager {
             snapshot_device: snapshot_device.clone(),
             snapshot_slot: options.snapshot_slot,
             mapped_bars,
+            unmappable_bars: 0,
         };
         let relocations = lock(&manager.pci)
             .add_device(options.snapshot_slot, Box::new(snapshot_device))
@@ -270,9 +273,22 @@ impl DeviceManager {
             pci.sync_bars()
         };
         for relocation in relocations {
-            self.move_bar(relocation)?;
+            // As at guest time: a BAR the saved config space puts where KVM refuses a memslot
+            // (over RAM, inside another BAR) stays unmapped, its accesses served by the bus.
+            if let Err(error) = self.move_bar(relocation) {
+                self.warn_unmappable_bar(&error);
+            }
         }
         Ok(())
+    }
+
+    /// Logs a BAR that cannot be mapped, rate-limited: a guest can move BARs in a loop.
+    fn warn_unmappable_bar(&mut self, error: &DeviceManagerError) {
+        self.unmappable_bars = self.unmappable_bars.saturating_add(1);
+        let count = self.unmappable_bars;
+        if count <= 8 || count.is_power_of_two() {
+            tracing::warn!("{error} (left unmapped; {count} such BAR placement(s) so far)");
+        }
     }
 
     /// Follows a guest's BAR re-programming. BARs whose accesses trap are routed by the bus itself;
@@ -284,7 +300,7 @@ impl DeviceManager {
                     if let Err(error) = self.move_bar(relocation) {
                         // A guest may program a BAR somewhere KVM refuses (over RAM, say): leave it
                         // unmapped there; its accesses still reach the device through the bus.
-                        tracing::warn!("{error}");
+                        self.warn_unmappable_bar(&error);
                     }
                 }
                 DeviceAction::None
