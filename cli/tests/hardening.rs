@@ -251,3 +251,18 @@ fn sigterm_stops_cleanly() {
     assert!(snapshot.join("state.bin").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 8, item 1: a guest written elsewhere that never loads TR and does port I/O at CPL3 with
+/// IOPL=3 triple-faulted on its first `out` (kvm_pvm consults the TSS I/O bitmap, and the boot TR
+/// had none). It now runs its rounds, each restore verified.
+#[test]
+fn port_io_at_cpl3_works_without_a_tss_of_the_guest() {
+    require_kvm();
+    let outcome = run_snapvmm(&[
+        "run", "--guest", "foreign-io", "--cmdline", "rounds=60 pages=10", "--verify-restores",
+        "--timeout", "50",
+    ]);
+    assert_eq!(outcome.status, 0, "{}", outcome.transcript());
+    assert!(outcome.stdout.contains("foreign-io: CPL3, IOPL=3, no TR"));
+    assert!(outcome.stdout.contains("foreign-io: 60 rounds ok"), "{}", outcome.transcript());
+}

@@ -2,21 +2,45 @@
 
 use kvm_bindings::kvm_segment;
 
+use super::layout::BOOT_TSS_ADDR;
+
 /// Selectors of the boot GDT. 0x10/0x18 match Linux's `__BOOT_CS`/`__BOOT_DS`.
 pub const CODE32_SELECTOR: u16 = 0x08;
 pub const CODE64_SELECTOR: u16 = 0x10;
 pub const DATA_SELECTOR: u16 = 0x18;
 pub const TSS_SELECTOR: u16 = 0x20;
 
+/// Bytes of the TSS proper; its I/O permission bitmap follows at this offset.
+pub const TSS_IO_BITMAP_OFFSET: u16 = 0x68;
+/// One bit per port (65536), plus the byte of ones the CPU may read past the last port.
+pub const TSS_IO_BITMAP_BYTES: usize = 65536 / 8 + 1;
+/// The boot TSS's limit: TSS, bitmap and its terminating byte.
+pub const BOOT_TSS_LIMIT: u32 = TSS_IO_BITMAP_OFFSET as u32 + TSS_IO_BITMAP_BYTES as u32 - 1;
+
 /// GDT entries: null, 32-bit code, 64-bit code, data, and a 16-byte long-mode TSS descriptor.
+///
+/// The TSS (at `BOOT_TSS_ADDR`) matters to a guest that never loads TR and does port I/O at
+/// CPL3: hardware KVM allows it with RFLAGS.IOPL=3, but kvm_pvm ignores IOPL there and consults
+/// the TSS I/O bitmap. This one allows every port, so such a guest runs the same on both, and
+/// whenever IOPL < 3 both consult the same bitmap.
 pub const BOOT_GDT: [u64; 6] = [
     0,
     descriptor(0xc09b, 0, 0xfffff), // 32-bit code: G, D, present, execute/read, accessed
     descriptor(0xa09b, 0, 0xfffff), // 64-bit code: G, L, present, execute/read, accessed
     descriptor(0xc093, 0, 0xfffff), // data: G, B, present, read/write, accessed
-    descriptor(0x008b, 0, 0x67),    // busy TSS; KVM only needs TR to be loadable
-    0,
+    descriptor(0x008b, BOOT_TSS_ADDR as u32, BOOT_TSS_LIMIT), // busy 64/32-bit TSS
+    0,                              // the TSS descriptor's upper half: base bits 32-63 are zero
 ];
+
+/// The boot TSS's bytes: zero but for the I/O bitmap's offset, an all-zero (every port allowed)
+/// bitmap, and the bitmap's terminating byte of ones.
+pub fn boot_tss() -> Vec<u8> {
+    let mut tss = vec![0u8; BOOT_TSS_LIMIT as usize + 1];
+    // The I/O map base is the 16-bit field at offset 0x66 of both the 32- and 64-bit TSS.
+    tss[0x66..0x68].copy_from_slice(&TSS_IO_BITMAP_OFFSET.to_le_bytes());
+    tss[BOOT_TSS_LIMIT as usize] = 0xff;
+    tss
+}
 
 /// Packs a segment descriptor from its flag bits (as in the access byte plus the G/D/L nibble
 /// shifted left by 8), base and 20-bit limit.
@@ -76,6 +100,17 @@ mod tests {
         let data = segment(DATA_SELECTOR);
         assert_eq!((data.type_, data.s, data.present), (3, 1, 1));
         let tss = segment(TSS_SELECTOR);
-        assert_eq!((tss.type_, tss.s, tss.limit), (0xb, 0, 0x67));
+        assert_eq!((tss.type_, tss.s), (0xb, 0));
+        assert_eq!((tss.base, tss.limit), (BOOT_TSS_ADDR, BOOT_TSS_LIMIT));
+    }
+
+    #[test]
+    fn the_boot_tss_allows_every_port() {
+        let tss = boot_tss();
+        assert_eq!(tss.len(), BOOT_TSS_LIMIT as usize + 1);
+        let bitmap = u16::from_le_bytes([tss[0x66], tss[0x67]]) as usize;
+        // Every port's bit is inside the limit and clear; the byte after the last port is ones.
+        assert!(tss[bitmap..bitmap + 8192].iter().all(|&byte| byte == 0));
+        assert_eq!(tss[bitmap + 8192], 0xff);
     }
 }

@@ -40,6 +40,9 @@ pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// ACPI tables, RSDP first, in the legacy BIOS area that OSes scan for the RSDP (reserved in the
 /// memory map).
 pub const ACPI_TABLES_START: u64 = 0xE_0000;
+/// The boot TSS that TR points to at entry, with an I/O permission bitmap that allows every port,
+/// in the reserved legacy area (see `gdt::BOOT_TSS_LIMIT`).
+pub const BOOT_TSS_ADDR: u64 = 0xC_0000;
 pub const ACPI_TABLES_END: u64 = HIGH_MEMORY_START;
 /// The highest address Linux accepts an initrd below unless its header says otherwise.
 pub const INITRD_ADDR_MAX: u64 = 0x37FF_FFFF;
@@ -178,6 +181,13 @@ mod tests {
         assert!(CMDLINE_ADDR + CMDLINE_MAX_BYTES as u64 <= EBDA_START);
         // The ACPI tables sit in the reserved part of the memory map, where guests find them.
         const { assert!(EBDA_START <= ACPI_TABLES_START && ACPI_TABLES_END <= HIGH_MEMORY_START) };
+        const {
+            assert!(
+                EBDA_START <= BOOT_TSS_ADDR
+                    && BOOT_TSS_ADDR + crate::arch::gdt::BOOT_TSS_LIMIT as u64 + 1
+                        <= ACPI_TABLES_START
+            )
+        };
         assert!(memory_map(256 << 20)
             .iter()
             .any(|e| e.kind == MemoryKind::Reserved

@@ -27,10 +27,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::arch::acpi::build_tables;
 use crate::arch::cpu::EntryPoint;
-use crate::arch::gdt::BOOT_GDT;
+use crate::arch::gdt::{boot_tss, BOOT_GDT};
 use crate::arch::layout::{
-    low_ram_end, ACPI_TABLES_START, BOOT_AREA_END, CMDLINE_ADDR, CMDLINE_MAX_BYTES, GDT_ADDR,
-    HIGH_MEMORY_START, IDT_ADDR, INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR,
+    low_ram_end, ACPI_TABLES_START, BOOT_AREA_END, BOOT_TSS_ADDR, CMDLINE_ADDR, CMDLINE_MAX_BYTES,
+    GDT_ADDR, HIGH_MEMORY_START, IDT_ADDR, INITRD_ADDR_MAX, MULTIBOOT_INFO_ADDR, PVH_INFO_ADDR,
     ZERO_PAGE_ADDR,
 };
 use crate::arch::paging::write_identity_tables;
@@ -173,6 +173,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + i as u64 * 8))?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))?;
+    mem.write_slice(&boot_tss(), GuestAddress(BOOT_TSS_ADDR))?;
     // Bare-metal guests ignore the tables; an OS finds them by scanning the BIOS area for the
     // RSDP or through the pointer its boot protocol carries.
     let acpi = build_tables(ACPI_TABLES_START, VCPUS);
