@@ -11,6 +11,7 @@ use vmm::{
 };
 
 mod bench;
+mod fuzz;
 mod run;
 mod stdin;
 mod termination;
@@ -19,7 +20,7 @@ use run::{describe, drive, RunPolicy};
 use termination::Termination;
 
 /// Status for bad input or a VM that could not be set up (sysexits' EX_USAGE).
-const STATUS_SETUP_ERROR: u8 = 64;
+pub(crate) const STATUS_SETUP_ERROR: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,13 @@ enum Command {
     Guests,
     /// Measure restores per second and the SAVE stall; prints a Markdown report.
     Bench(BenchArgs),
+    /// Boot a fuzz target to its first SAVE and fuzz it (AFL++'s output layout in --out).
+    Fuzz(fuzz::FuzzArgs),
+    /// Run one input on a fuzz target once and print the verdict (exit 0 normal end, 71 crash,
+    /// 68 hang).
+    Repro(fuzz::ReproArgs),
+    /// Draw execs/s, corpus size and edges over time from a fuzz output directory into a PNG.
+    Plot(fuzz::PlotArgs),
 }
 
 #[derive(Args)]
@@ -102,7 +110,7 @@ struct RunArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum RestoreArg {
+pub(crate) enum RestoreArg {
     Dirty,
     Remap,
 }
@@ -152,6 +160,9 @@ fn main() -> ExitCode {
                 ExitCode::from(STATUS_SETUP_ERROR)
             }
         },
+        Command::Fuzz(args) => finish(fuzz::fuzz(args)),
+        Command::Repro(args) => finish(fuzz::repro(args)),
+        Command::Plot(args) => finish(fuzz::plot(args)),
         Command::Run(args) => match run(args) {
             Ok(status) => ExitCode::from(status),
             Err(error) => {
@@ -159,6 +170,17 @@ fn main() -> ExitCode {
                 ExitCode::from(STATUS_SETUP_ERROR)
             }
         },
+    }
+}
+
+/// The exit status of a fuzzing command; its failure as one line on stderr.
+fn finish(result: Result<u8, fuzz::Failure>) -> ExitCode {
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(failure) => {
+            eprintln!("snapvmm: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
     }
 }
 
@@ -225,7 +247,10 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// The kernel `--kernel` or `--guest` names; with neither, the built-in `hello` guest.
-fn kernel_source(kernel: Option<PathBuf>, guest: Option<&str>) -> anyhow::Result<KernelSource> {
+pub(crate) fn kernel_source(
+    kernel: Option<PathBuf>,
+    guest: Option<&str>,
+) -> anyhow::Result<KernelSource> {
     Ok(match (kernel, guest) {
         (Some(path), _) => KernelSource::File(path),
         (None, None) => {

@@ -5,7 +5,7 @@
 //! machine through its `VmControl`: no signal-handler restrictions, nothing process-global in
 //! the library.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use vmm::VmControl;
@@ -38,6 +38,17 @@ pub struct Termination {
 impl Termination {
     /// Starts the watcher: the first SIGINT or SIGTERM stops `control`'s machine.
     pub fn watch(control: VmControl) -> Self {
+        Self::watch_with(move || control.stop())
+    }
+
+    /// Starts the watcher for a fuzzing campaign: the first SIGINT or SIGTERM sets the fuzzer's
+    /// stop flag. The VM is not stopped mid-run: the run ends by itself within its timeout, so
+    /// that everything found so far is filed and the output written before the fuzzer returns.
+    pub fn watch_flag(stop: Arc<AtomicBool>) -> Self {
+        Self::watch_with(move || stop.store(true, Ordering::SeqCst))
+    }
+
+    fn watch_with(on_signal: impl Fn() + Send + 'static) -> Self {
         let termination = Termination::default();
         let signal = termination.signal.clone();
         let spawned = std::thread::Builder::new()
@@ -48,7 +59,7 @@ impl Termination {
                 // SAFETY: waits for one of the blocked signals in `set`.
                 if unsafe { libc::sigwait(&set, &mut received) } == 0 {
                     signal.store(received, Ordering::SeqCst);
-                    control.stop();
+                    on_signal();
                 }
             });
         if let Err(error) = spawned {

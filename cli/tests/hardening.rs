@@ -259,12 +259,22 @@ fn sigterm_stops_cleanly() {
 fn port_io_at_cpl3_works_without_a_tss_of_the_guest() {
     require_kvm();
     let outcome = run_snapvmm(&[
-        "run", "--guest", "foreign-io", "--cmdline", "rounds=60 pages=10", "--verify-restores",
-        "--timeout", "50",
+        "run",
+        "--guest",
+        "foreign-io",
+        "--cmdline",
+        "rounds=60 pages=10",
+        "--verify-restores",
+        "--timeout",
+        "50",
     ]);
     assert_eq!(outcome.status, 0, "{}", outcome.transcript());
     assert!(outcome.stdout.contains("foreign-io: CPL3, IOPL=3, no TR"));
-    assert!(outcome.stdout.contains("foreign-io: 60 rounds ok"), "{}", outcome.transcript());
+    assert!(
+        outcome.stdout.contains("foreign-io: 60 rounds ok"),
+        "{}",
+        outcome.transcript()
+    );
 }
 
 /// The hostile guest (random port, PCI configuration and device-register writes, BARs moved over
@@ -278,8 +288,16 @@ fn the_hostile_guest_cannot_stop_the_vmm() {
         for seed in 1..=4 {
             let cmdline = format!("seed={seed} rounds=60");
             let outcome = run_snapvmm(&[
-                "run", "--guest", "hostile", "--cmdline", &cmdline, "--restore", strategy,
-                "--verify-restores", "--timeout", "50",
+                "run",
+                "--guest",
+                "hostile",
+                "--cmdline",
+                &cmdline,
+                "--restore",
+                strategy,
+                "--verify-restores",
+                "--timeout",
+                "50",
             ]);
             assert_eq!(
                 outcome.status,
@@ -288,7 +306,9 @@ fn the_hostile_guest_cannot_stop_the_vmm() {
                 outcome.transcript()
             );
             assert!(
-                outcome.stdout.contains(&format!("hostile: seed={seed} rounds=60")),
+                outcome
+                    .stdout
+                    .contains(&format!("hostile: seed={seed} rounds=60")),
                 "{}",
                 outcome.transcript()
             );

@@ -34,6 +34,7 @@ pub mod solutions;
 pub mod stats;
 pub mod status;
 pub mod target;
+pub mod vm_target;
 
 pub use campaign::StopReason;
 pub use fuzzer::{FuzzConfig, FuzzError, FuzzSummary, Fuzzer, DEFAULT_TIMEOUT};
@@ -42,3 +43,4 @@ pub use repro::{replay, Replay, ReproError};
 pub use solutions::DedupMode;
 pub use status::StatusMode;
 pub use target::{CrashInfo, CrashKind, FuzzTarget, RunOutcome};
+pub use vm_target::{VmTarget, VmTargetError, DEFAULT_BOOT_TIMEOUT};

@@ -75,7 +75,17 @@ pub enum CrashKind {
     TripleFault,
     /// KVM could not emulate an instruction of the guest.
     EmulationFailure,
+    /// The guest ended the whole machine in the middle of a run instead of ending the run: the
+    /// debug-exit port (`code` = the value written), power off (`code` 256) or reset (`code` 257).
+    /// A fuzz target never does this for a good input (compare libFuzzer, which reports a target
+    /// that calls `exit()` as an error).
+    MachineExit { code: u32 },
 }
+
+/// [`CrashKind::MachineExit`]'s code for a power off (debug-exit codes are 0-255).
+pub const POWER_OFF_CODE: u32 = 256;
+/// [`CrashKind::MachineExit`]'s code for a reset.
+pub const RESET_CODE: u32 = 257;
 
 impl CrashKind {
     /// Short name used in crash file names (`kind:NAME`).
@@ -85,6 +95,7 @@ impl CrashKind {
             CrashKind::Exception { .. } => "exception",
             CrashKind::TripleFault => "triplefault",
             CrashKind::EmulationFailure => "emulation",
+            CrashKind::MachineExit { .. } => "exit",
         }
     }
 
@@ -92,7 +103,7 @@ impl CrashKind {
     /// vector, or 0.
     pub fn code(&self) -> u32 {
         match self {
-            CrashKind::Reported { code } => *code,
+            CrashKind::Reported { code } | CrashKind::MachineExit { code } => *code,
             CrashKind::Exception { vector } => u32::from(*vector),
             CrashKind::TripleFault | CrashKind::EmulationFailure => 0,
         }
@@ -107,6 +118,7 @@ impl CrashKind {
                 .map(|vector| CrashKind::Exception { vector }),
             "triplefault" => Some(CrashKind::TripleFault),
             "emulation" => Some(CrashKind::EmulationFailure),
+            "exit" => Some(CrashKind::MachineExit { code }),
             _ => None,
         }
     }
@@ -116,7 +128,7 @@ impl CrashKind {
     /// (#DE, #MF, #XM -> SIGFPE 8; #UD -> SIGILL 4; #DB, #BP -> SIGTRAP 5; #AC -> SIGBUS 7;
     /// everything else, #PF and #GP included -> SIGSEGV 11); a triple fault is a fatal memory or
     /// descriptor error (SIGSEGV 11); an emulation failure is an instruction the CPU could not
-    /// execute (SIGILL 4).
+    /// execute (SIGILL 4); a machine exit in a run is an abnormal end of the program (SIGABRT 6).
     pub fn signal(&self) -> u8 {
         const SIGILL: u8 = 4;
         const SIGTRAP: u8 = 5;
@@ -125,7 +137,7 @@ impl CrashKind {
         const SIGFPE: u8 = 8;
         const SIGSEGV: u8 = 11;
         match self {
-            CrashKind::Reported { .. } => SIGABRT,
+            CrashKind::Reported { .. } | CrashKind::MachineExit { .. } => SIGABRT,
             CrashKind::Exception { vector } => match vector {
                 0 | 16 | 19 => SIGFPE,
                 6 => SIGILL,
@@ -152,6 +164,20 @@ impl fmt::Display for CrashKind {
             }
             CrashKind::TripleFault => write!(f, "triple fault"),
             CrashKind::EmulationFailure => write!(f, "emulation failure"),
+            CrashKind::MachineExit {
+                code: POWER_OFF_CODE,
+            } => {
+                write!(f, "the guest powered the machine off during a run")
+            }
+            CrashKind::MachineExit { code: RESET_CODE } => {
+                write!(f, "the guest reset the machine during a run")
+            }
+            CrashKind::MachineExit { code } => {
+                write!(
+                    f,
+                    "the guest wrote {code} to the debug-exit port during a run"
+                )
+            }
         }
     }
 }
@@ -194,6 +220,7 @@ mod tests {
             CrashKind::Exception { vector: 14 },
             CrashKind::TripleFault,
             CrashKind::EmulationFailure,
+            CrashKind::MachineExit { code: 3 },
         ] {
             assert_eq!(
                 CrashKind::from_name_and_code(kind.name(), kind.code()),
