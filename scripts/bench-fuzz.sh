@@ -10,7 +10,7 @@ secs=${1:-60}
 scripts/ensure-deps.sh test
 command -v afl-fuzz >/dev/null || { echo "bench-fuzz: needs afl++ (apt-get install afl++)" >&2; exit 1; }
 cargo build --release --quiet --bin snapvmm
-snapvmm=target/release/snapvmm
+snapvmm=${CARGO_TARGET_DIR:-target}/release/snapvmm
 work=$(mktemp -d /tmp/bench-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

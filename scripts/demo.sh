@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh build
 cargo build --release --quiet --bin snapvmm
-snapvmm=target/release/snapvmm
+snapvmm=${CARGO_TARGET_DIR:-target}/release/snapvmm
 if [ "${1:-}" = run ]; then
   shift
   exec "$snapvmm" run "$@"
