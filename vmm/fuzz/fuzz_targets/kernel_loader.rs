@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let initrd_bytes = vec![0x5au8; usize::from(initrd_kib) * 1024];
     let mut reader = initrd_bytes.as_slice();
-    let initrd = (initrd_kib > 0).then(|| InitrdSource {
+    let initrd = (initrd_kib > 0).then_some(InitrdSource {
         reader: &mut reader,
         size: initrd_bytes.len() as u64,
     });
