@@ -21,7 +21,8 @@
  * Exit codes (port 0xf4): 0 success; 1 bad command line; 2 the pages are not RAM; 3 RESTORE
  * returned; 4 a page was not rolled back; 5 a PD entry's A/D bits were not rolled back; 6 the
  * global was not rolled back; 7 the snapshot device is unusable (BARs above 4 GiB, bad MAGIC);
- * 8 RESTORES jumped (a round missing or repeated).
+ * 8 RESTORES jumped (a round missing or repeated); 9 a round's write did not set the A/D bits of
+ * its page's PD entry (a stale translation survived a restore).
  */
 #include "foreign.h"
 
@@ -145,6 +146,13 @@ NORETURN void foreign_main(const struct hvm_start_info *info)
     round_marker = round + 1;
     for (uint64_t page = 0; page < pages; page++)
         *word_of(page, stride, round) = (round + 1) << 16 | page;
+    /* What the CPU does on every round alike: a write sets Accessed and Dirty in the entry that
+     * maps the page. A VMM whose restore leaves a stale translation behind skips it. */
+    for (uint64_t page = 0; page < pages; page++) {
+        uint64_t flags = *pd_entry_for(BUFFER_BASE + page * stride * PAGE) & (PTE_ACCESSED | PTE_DIRTY);
+        if (flags != (PTE_ACCESSED | PTE_DIRTY))
+            fail(9, "a write did not set the PD entry's A/D bits", round, flags);
+    }
     snap_command(&device, SNAP_CMD_RESTORE);
     fail(3, "RESTORE returned", round, snap_read(&device, SNAP_REG_STATUS));
 }

@@ -2,9 +2,11 @@
 //! its own copies of these pages and does not see the VMM copying snapshot contents over them, so
 //! a restore that rewrites one must make KVM drop its shadow copies.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 const PRESENT: u64 = 1;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
 const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 const CR0_PG: u64 = 1 << 31;
@@ -48,18 +50,32 @@ pub fn page_table_pages(
     cr3: u64,
     read_table: &mut dyn FnMut(u64, &mut [u64; 512]) -> bool,
 ) -> Option<HashSet<u64>> {
+    page_table_levels(mode, cr3, read_table).map(|levels| levels.into_keys().collect())
+}
+
+/// Like `page_table_pages`, with the level each page is a table of (1 = PT .. 4/5 = root);
+/// `None` as the level when the guest uses one page at several levels.
+pub fn page_table_levels(
+    mode: PagingMode,
+    cr3: u64,
+    read_table: &mut dyn FnMut(u64, &mut [u64; 512]) -> bool,
+) -> Option<HashMap<u64, Option<u32>>> {
     let levels = match mode {
-        PagingMode::Off => return Some(HashSet::new()),
+        PagingMode::Off => return Some(HashMap::new()),
         PagingMode::Legacy => return None,
         PagingMode::Long { levels } => levels,
     };
-    let mut found = HashSet::new();
+    let mut found: HashMap<u64, Option<u32>> = HashMap::new();
     let mut pending = vec![(cr3 & ADDRESS_MASK, levels)];
     let mut table = [0u64; 512];
     while let Some((addr, level)) = pending.pop() {
-        if !found.insert(addr) {
+        if let Some(known) = found.get_mut(&addr) {
+            if *known != Some(level) {
+                *known = None;
+            }
             continue;
         }
+        found.insert(addr, Some(level));
         if found.len() > MAX_TABLE_PAGES || !read_table(addr, &mut table) {
             return None;
         }
@@ -74,6 +90,40 @@ pub fn page_table_pages(
         }
     }
     Some(found)
+}
+
+/// How a page-table page written since a snapshot differs from its snapshot copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableChange {
+    /// Only Accessed/Dirty bits of leaf entries (4 KiB pages, or 2 MiB pages) differ: the
+    /// guest-physical ranges those entries map, as (address, length).
+    AccessedDirtyOnly(Vec<(u64, u64)>),
+    /// Anything else: an address, a permission, a non-leaf entry's bits, a 1 GiB page.
+    Other,
+}
+
+/// Compares a level-`level` table as it is now with its snapshot copy.
+pub fn table_change(level: u32, now: &[u64; 512], then: &[u64; 512]) -> TableChange {
+    let mut ranges = Vec::new();
+    for (&new, &old) in now.iter().zip(then) {
+        if new == old {
+            continue;
+        }
+        if (new ^ old) & !(ACCESSED | DIRTY) != 0 {
+            return TableChange::Other;
+        }
+        if old & PRESENT == 0 {
+            // Neither the CPU nor KVM reads or sets anything in a non-present entry.
+            continue;
+        }
+        let size = match level {
+            1 => 4 << 10,
+            2 if old & HUGE != 0 => 2 << 20,
+            _ => return TableChange::Other,
+        };
+        ranges.push((old & ADDRESS_MASK & !(size - 1), size));
+    }
+    TableChange::AccessedDirtyOnly(ranges)
 }
 
 #[cfg(test)]
@@ -107,6 +157,54 @@ mod tests {
         let mut pages: Vec<u64> = pages.into_iter().collect();
         pages.sort();
         assert_eq!(pages, vec![0x1000, 0x2000, 0x3000, 0x4000]);
+    }
+
+    #[test]
+    fn accessed_and_dirty_changes_of_leaves_are_told_apart() {
+        let mut then = [0u64; 512];
+        then[0] = 0x20_0000 | PRESENT | HUGE; // 2 MiB page
+        then[1] = 0x5000 | PRESENT; // a table
+        then[2] = 0x7000; // not present
+        let mut now = then;
+        assert_eq!(
+            table_change(2, &now, &then),
+            TableChange::AccessedDirtyOnly(vec![])
+        );
+        now[0] |= ACCESSED | DIRTY;
+        now[2] |= ACCESSED;
+        assert_eq!(
+            table_change(2, &now, &then),
+            TableChange::AccessedDirtyOnly(vec![(0x20_0000, 2 << 20)])
+        );
+        let mut pt = [0x9000 | PRESENT; 512];
+        let before = pt;
+        pt[3] |= DIRTY;
+        assert_eq!(
+            table_change(1, &pt, &before),
+            TableChange::AccessedDirtyOnly(vec![(0x9000, 4096)])
+        );
+        // A non-leaf entry's Accessed bit, an address or a permission: not only A/D.
+        let mut walked = then;
+        walked[1] |= ACCESSED;
+        assert_eq!(table_change(2, &walked, &then), TableChange::Other);
+        let mut moved = then;
+        moved[0] ^= 0x40_0000;
+        assert_eq!(table_change(2, &moved, &then), TableChange::Other);
+        let mut writable = before;
+        writable[0] |= 2;
+        assert_eq!(table_change(1, &writable, &before), TableChange::Other);
+    }
+
+    #[test]
+    fn levels_are_recorded_and_shared_pages_flagged() {
+        let mode = PagingMode::Long { levels: 4 };
+        // Every level points at the same page: used at four levels at once.
+        let levels = page_table_levels(mode, 0x1000, &mut |_, out| {
+            *out = [0x1000 | PRESENT; 512];
+            true
+        })
+        .unwrap();
+        assert_eq!(levels.get(&0x1000), Some(&None));
     }
 
     #[test]

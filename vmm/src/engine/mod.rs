@@ -32,7 +32,7 @@ use crate::vstate::{
     restore_vm_wide, VcpuStateLayout, VstateError,
 };
 use ram_slots::{RamSlots, RamSlotsError};
-use shadow_mmu::{PageTableTree, ShadowMmuPolicy};
+use shadow_mmu::{PageTableTree, ShadowMmuAction, ShadowMmuPolicy, TablePage};
 pub use stats::EngineStats;
 use verify::VerifyError;
 
@@ -435,8 +435,8 @@ impl SnapshotEngine {
         Ok(())
     }
 
-    /// Puts back every page written since the snapshot and resets a shadow MMU if the page
-    /// tables it cached may have changed. Returns whether the vCPU must be restored in full.
+    /// Puts back every page written since the snapshot and brings a shadow MMU in line with the
+    /// restored page tables (see `shadow_mmu`). Returns whether the vCPU must be restored in full.
     fn restore_ram(&mut self, vm: &mut VmParts, cr3_now: u64) -> Result<bool, EngineError> {
         self.tracker.harvest(&mut self.dirty)?;
         self.take_vmm_writes(vm.ram, false)?;
@@ -444,11 +444,19 @@ impl SnapshotEngine {
         let SnapshotRam::Ready(memory) = &snapshot.ram else {
             return Err(EngineError::NoSnapshot);
         };
-        let must_reset = self.shadow.must_reset(
+        // Decided before the copy, which makes the tables equal to the snapshot's again.
+        let slots = &self.slots;
+        let shadow_action = self.shadow.plan(
             &snapshot.page_tables,
             snapshot.vcpu.sregs.cr3,
             cr3_now,
             &self.dirty,
+            &mut |page| {
+                Some((
+                    table_words(slots.live_page(page)?),
+                    table_words(memory.page(page)?),
+                ))
+            },
         );
         if snapshot.remapped {
             // RAM is a private mapping of the snapshot: dropping the copies restores them.
@@ -462,13 +470,22 @@ impl SnapshotEngine {
         }
         self.stats.pages_restored += self.dirty.len() as u64;
         self.dirty.clear();
-        if must_reset {
-            // Entries in the dirty ring name slots: collect them before the slots go away; the
-            // pages they name were restored above.
-            self.tracker.harvest(&mut self.dirty)?;
-            self.slots.recreate(vm.vm_fd)?;
-            self.dirty.clear();
-            self.stats.shadow_mmu_resets += 1;
+        match shadow_action {
+            ShadowMmuAction::Keep => {}
+            ShadowMmuAction::Invalidate(ranges) => {
+                for (gpa, len) in ranges {
+                    self.slots.invalidate(gpa, len)?;
+                }
+                self.stats.shadow_mmu_invalidations += 1;
+            }
+            ShadowMmuAction::Reset => {
+                // Entries in the dirty ring name slots: collect them before the slots go away;
+                // the pages they name were restored above.
+                self.tracker.harvest(&mut self.dirty)?;
+                self.slots.recreate(vm.vm_fd)?;
+                self.dirty.clear();
+                self.stats.shadow_mmu_resets += 1;
+            }
         }
         Ok(std::mem::take(&mut self.force_full_restore))
     }
@@ -509,6 +526,15 @@ impl SnapshotEngine {
         self.vmm_wrote_ram = false;
         Ok(())
     }
+}
+
+/// A page of page-table entries as words.
+fn table_words(page: &[u8]) -> TablePage {
+    let mut words = [0u64; 512];
+    for (word, bytes) in words.iter_mut().zip(page.chunks_exact(8)) {
+        *word = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+    }
+    words
 }
 
 /// Whether state only privileged code can change differs from the snapshot, judged from the

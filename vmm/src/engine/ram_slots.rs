@@ -211,6 +211,46 @@ impl RamSlots {
         Ok(())
     }
 
+    /// Makes KVM forget its translations of guest-physical `[gpa, gpa + len)` (clipped to RAM):
+    /// unmapping the host pages behind them fires KVM's MMU notifier, which zaps every SPTE that
+    /// maps them; the next guest access faults and KVM walks the guest's page tables again.
+    /// Contents are kept: RAM's shared memfd pages stay in the page cache, and a private
+    /// mapping's pages here have no private copies the restore has not already dropped.
+    pub fn invalidate(&self, gpa: u64, len: u64) -> Result<(), RamSlotsError> {
+        let end = gpa.saturating_add(len);
+        for slot in &self.slots {
+            let from = gpa.max(slot.guest_addr);
+            let to = end.min(slot.guest_addr + slot.size);
+            if from >= to {
+                continue;
+            }
+            let host = slot.host_addr + (from - slot.guest_addr);
+            // SAFETY: `host..host + (to - from)` lies inside this slot's guest RAM mapping, page
+            // aligned (both bounds are); DONTNEED only drops page-table entries here (see above).
+            let status = unsafe {
+                libc::madvise(
+                    host as *mut libc::c_void,
+                    (to - from) as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if status != 0 {
+                return Err(RamSlotsError::Os {
+                    what: "madvise(MADV_DONTNEED) to drop KVM's translations",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The live contents of layout page `page`.
+    pub fn live_page(&self, page: usize) -> Option<&[u8]> {
+        let addr = self.layout.host_addr_of_page(page)?;
+        // SAFETY: a page of mapped guest RAM; read while the vCPU is stopped.
+        Some(unsafe { std::slice::from_raw_parts(addr as *const u8, PAGE_SIZE) })
+    }
+
     /// Drops the private copies of the dirty pages, so they read the mapped file again.
     pub fn drop_private_copies(&self, dirty: &DirtyPages) -> Result<(), RamSlotsError> {
         for page in dirty.iter() {

@@ -5,17 +5,26 @@
 //! snapshot contents over them. With EPT/NPT the CPU walks the guest's tables itself, and copying
 //! them back is enough.
 //!
-//! The policy: a restore resets the shadow MMU (memslots deleted and re-added, see
-//! `RamSlots::recreate`) when a page of the snapshot's page-table tree was written since, or CR3
-//! differs from the snapshot's. Otherwise the tree the guest uses after the restore is the
-//! snapshot's, untouched, and every cached shadow page is still right.
+//! The policy, for each restore (`ShadowMmuPolicy::plan`):
+//! - CR3 differs from the snapshot's, or a page of the snapshot's page-table tree changed in any
+//!   way but the Accessed/Dirty bits of leaf entries: **reset** the shadow MMU (memslots deleted
+//!   and re-added, `RamSlots::recreate`), which drops every shadow page.
+//! - Only A/D bits of leaf entries changed (the CPU, that is KVM's walker, set them as the round
+//!   touched pages whose entries had them clear: the normal case for a real target): the copy
+//!   puts the bits back, and KVM's SPTEs for the pages those entries map are **invalidated**
+//!   (`RamSlots::invalidate`). Without that, the SPTEs created in the round would let the next
+//!   round touch those pages without a fault, so KVM would not set the bits again and the guest
+//!   would see them clear after writing. With it, the next access faults, KVM walks the restored
+//!   entry and sets A (and D on a write) exactly as in the first round. Every other shadow page
+//!   still describes the restored tables and is kept.
+//! - Nothing of the tree changed: **keep** everything.
 //!
 //! Known gap: a round that builds a second tree in fresh pages, switches CR3 to it and back
 //! before the RESTORE leaves shadow pages for that tree cached; should a later round reuse those
 //! pages as page tables without rewriting them, it could see stale translations.
 //! `--vcpu-restore full` does not change this; only a reset on every restore would.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use snapshot::vm_state::VcpuState;
 use snapshot::{DirtyPages, PAGE_SIZE};
@@ -23,7 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::ram_slots::RamSlots;
 use crate::memory::GuestRam;
-use crate::page_tables::{page_table_pages, PagingMode};
+use crate::page_tables::{page_table_levels, table_change, PagingMode, TableChange};
 
 /// True when KVM uses a shadow MMU, which does not see host writes to guest page tables.
 pub fn detect_shadow_mmu() -> bool {
@@ -45,12 +54,13 @@ pub fn detect_shadow_mmu() -> bool {
     true
 }
 
-/// What a snapshot records for the policy: the layout pages of its page-table tree.
+/// What a snapshot records for the policy: the layout pages of its page-table tree, and the
+/// level each is a table of (`None`: used at several levels).
 #[derive(Debug, Clone, Default)]
 pub struct PageTableTree {
     /// `None` when the tree could not be walked (legacy paging, a corrupt tree): every restore
     /// that dirtied anything then resets.
-    pages: Option<HashSet<usize>>,
+    pages: Option<HashMap<usize, Option<u32>>>,
 }
 
 impl PageTableTree {
@@ -58,7 +68,7 @@ impl PageTableTree {
     pub fn of(vcpu: &VcpuState, ram: &GuestRam, slots: &RamSlots) -> Self {
         let sregs = &vcpu.sregs;
         let mode = PagingMode::from_registers(sregs.cr0, sregs.cr4, sregs.efer);
-        let tables = page_table_pages(mode, sregs.cr3, &mut |gpa, table| {
+        let tables = page_table_levels(mode, sregs.cr3, &mut |gpa, table| {
             // SAFETY: `[u64; 512]` is plain data of exactly one page.
             let bytes =
                 unsafe { std::slice::from_raw_parts_mut(table.as_mut_ptr() as *mut u8, PAGE_SIZE) };
@@ -67,12 +77,24 @@ impl PageTableTree {
         let pages = tables.and_then(|tables| {
             tables
                 .into_iter()
-                .map(|gpa| slots.layout_page(gpa))
-                .collect::<Option<HashSet<usize>>>()
+                .map(|(gpa, level)| slots.layout_page(gpa).map(|page| (page, level)))
+                .collect::<Option<HashMap<usize, Option<u32>>>>()
         });
         PageTableTree { pages }
     }
 }
+
+/// What a restore does about the shadow MMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowMmuAction {
+    Keep,
+    /// Drop KVM's translations of these guest-physical ranges (address, length).
+    Invalidate(Vec<(u64, u64)>),
+    Reset,
+}
+
+/// A page's entries as 512 words.
+pub type TablePage = [u64; 512];
 
 /// The policy for one VM.
 #[derive(Debug, Clone, Copy)]
@@ -100,24 +122,47 @@ impl ShadowMmuPolicy {
         }
     }
 
-    /// Whether restoring `dirty` to a snapshot with `tree` and `snapshot_cr3`, from a vCPU now at
-    /// `cr3_now`, must reset the shadow MMU.
-    pub fn must_reset(
+    /// What restoring `dirty` to a snapshot with `tree` and `snapshot_cr3`, from a vCPU now at
+    /// `cr3_now`, must do. `tables(page)` gives a dirty page's contents now and in the snapshot
+    /// (before the restore copies it back).
+    pub fn plan(
         &self,
         tree: &PageTableTree,
         snapshot_cr3: u64,
         cr3_now: u64,
         dirty: &DirtyPages,
-    ) -> bool {
+        tables: &mut dyn FnMut(usize) -> Option<(TablePage, TablePage)>,
+    ) -> ShadowMmuAction {
         if !self.shadow_mmu {
-            return false;
+            return ShadowMmuAction::Keep;
         }
         if cr3_now != snapshot_cr3 {
-            return true;
+            return ShadowMmuAction::Reset;
         }
-        match &tree.pages {
-            Some(tables) => dirty.iter().any(|page| tables.contains(&page)),
-            None => !dirty.is_empty(),
+        let Some(pages) = &tree.pages else {
+            return if dirty.is_empty() {
+                ShadowMmuAction::Keep
+            } else {
+                ShadowMmuAction::Reset
+            };
+        };
+        let mut ranges = Vec::new();
+        for page in dirty.iter() {
+            let Some(level) = pages.get(&page) else {
+                continue;
+            };
+            let (Some(level), Some((now, then))) = (level, tables(page)) else {
+                return ShadowMmuAction::Reset;
+            };
+            match table_change(*level, &now, &then) {
+                TableChange::AccessedDirtyOnly(changed) => ranges.extend(changed),
+                TableChange::Other => return ShadowMmuAction::Reset,
+            }
+        }
+        if ranges.is_empty() {
+            ShadowMmuAction::Keep
+        } else {
+            ShadowMmuAction::Invalidate(ranges)
         }
     }
 }
@@ -134,19 +179,48 @@ mod tests {
         set
     }
 
+    const PRESENT: u64 = 1;
+    const HUGE: u64 = 1 << 7;
+    const ACCESSED_DIRTY: u64 = 0x60;
+
     #[test]
     fn resets_only_when_the_snapshot_tree_or_cr3_changed() {
         let policy = ShadowMmuPolicy { shadow_mmu: true };
+        // Page 3 is a page directory mapping a 2 MiB page at 0x40_0000; page 4 is a PML4.
         let tree = PageTableTree {
-            pages: Some([3usize, 4].into_iter().collect()),
+            pages: Some([(3usize, Some(2)), (4, Some(4))].into_iter().collect()),
         };
-        assert!(!policy.must_reset(&tree, 0x3000, 0x3000, &dirty(&[10, 11])));
-        assert!(policy.must_reset(&tree, 0x3000, 0x3000, &dirty(&[10, 4])));
-        assert!(policy.must_reset(&tree, 0x3000, 0x5000, &dirty(&[])));
+        let mut pd = [0u64; 512];
+        pd[2] = 0x40_0000 | PRESENT | HUGE;
+        let mut touched = pd;
+        touched[2] |= ACCESSED_DIRTY;
+        let mut moved = pd;
+        moved[2] = 0x60_0000 | PRESENT | HUGE;
+        let tables_with = |now: TablePage| move |page: usize| (page == 3).then_some((now, pd));
+        let plan = |cr3_now, pages: &[usize], now: TablePage| {
+            policy.plan(&tree, 0x3000, cr3_now, &dirty(pages), &mut tables_with(now))
+        };
+        assert_eq!(plan(0x3000, &[10, 11], pd), ShadowMmuAction::Keep);
+        assert_eq!(
+            plan(0x3000, &[10, 3], touched),
+            ShadowMmuAction::Invalidate(vec![(0x40_0000, 2 << 20)])
+        );
+        assert_eq!(plan(0x3000, &[3], moved), ShadowMmuAction::Reset);
+        assert_eq!(plan(0x5000, &[], pd), ShadowMmuAction::Reset);
         let unknown = PageTableTree::default();
-        assert!(!policy.must_reset(&unknown, 0x3000, 0x3000, &dirty(&[])));
-        assert!(policy.must_reset(&unknown, 0x3000, 0x3000, &dirty(&[1])));
+        let mut no_tables = |_: usize| None;
+        assert_eq!(
+            policy.plan(&unknown, 0x3000, 0x3000, &dirty(&[]), &mut no_tables),
+            ShadowMmuAction::Keep
+        );
+        assert_eq!(
+            policy.plan(&unknown, 0x3000, 0x3000, &dirty(&[1]), &mut no_tables),
+            ShadowMmuAction::Reset
+        );
         let hardware = ShadowMmuPolicy { shadow_mmu: false };
-        assert!(!hardware.must_reset(&unknown, 0x3000, 0x5000, &dirty(&[1])));
+        assert_eq!(
+            hardware.plan(&unknown, 0x3000, 0x5000, &dirty(&[1]), &mut no_tables),
+            ShadowMmuAction::Keep
+        );
     }
 }

@@ -13,6 +13,8 @@ pub struct EngineStats {
     pub full_vcpu_restores: u64,
     pub pages_restored: u64,
     pub shadow_mmu_resets: u64,
+    /// Restores that only had to make KVM forget the pages whose A/D bits they put back.
+    pub shadow_mmu_invalidations: u64,
     pub verified_restores: u64,
     /// Restores that arrived while the background RAM capture was still running.
     pub restores_during_capture: u64,
@@ -30,7 +32,7 @@ impl EngineStats {
         (self.saves > 0 || self.restores > 0).then(|| {
             format!(
                 "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
-                 {} pages restored, {} shadow MMU resets, {:.1} us per restore in the VMM, \
+                 {} pages restored, {} shadow MMU resets, {} A/D invalidations, {:.1} us per restore in the VMM, \
                  last SAVE stall {:.2} ms",
                 self.saves,
                 self.restores,
@@ -39,6 +41,7 @@ impl EngineStats {
                 self.verified_restores,
                 self.pages_restored,
                 self.shadow_mmu_resets,
+                self.shadow_mmu_invalidations,
                 self.restore_time.as_secs_f64() * 1e6 / self.restores.max(1) as f64,
                 self.last_save_stall.as_secs_f64() * 1e3
             )
