@@ -184,8 +184,8 @@ mod tests {
         const {
             assert!(
                 EBDA_START <= BOOT_TSS_ADDR
-                    && BOOT_TSS_ADDR + crate::arch::gdt::BOOT_TSS_LIMIT as u64 + 1
-                        <= ACPI_TABLES_START
+                    && BOOT_TSS_ADDR + (crate::arch::gdt::BOOT_TSS_LIMIT as u64)
+                        < ACPI_TABLES_START
             )
         };
         assert!(memory_map(256 << 20)

@@ -141,8 +141,17 @@ pub fn load_kernel<M: GuestMemoryBackend>(
         if header.xloadflags & 1 == 0 {
             return Err(BootError::BzImageNot64Bit);
         }
-        // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
-        let entry = loaded.kernel_load.0 + 0x200;
+        // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel, which must lie
+        // in RAM (code32_start comes from the image) and contain it.
+        let (start, end) = (loaded.kernel_load.0, loaded.kernel_end);
+        let entry = start.saturating_add(0x200);
+        if start < BOOT_AREA_END || end > ram_end || entry >= end {
+            return Err(BootError::KernelOutsideRam {
+                start,
+                end,
+                ram_end,
+            });
+        }
         (
             BootProtocol::LinuxBzImage,
             entry,
@@ -373,6 +382,21 @@ mod tests {
         let low = elf::tests::tiny_elf32(&[0xf4], 0x7000, Some(0x7000), false);
         assert!(matches!(
             load_kernel(&mem(), MEM, &low, None, ""),
+            Err(BootError::KernelOutsideRam { .. })
+        ));
+    }
+
+    /// Found by the `kernel_loader` fuzz target: a bzImage with an empty protected-mode kernel
+    /// whose code32_start lies above RAM was accepted, with an entry point outside RAM.
+    #[test]
+    fn bzimages_whose_kernel_is_not_in_ram_are_refused() {
+        let input =
+            include_bytes!("../../fuzz/regressions/kernel_loader/bzimage-empty-kernel-above-ram");
+        // The fuzz input's first byte is the initrd size; the kernel follows.
+        let kernel = &input[1..];
+        let mem64 = Mem::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        assert!(matches!(
+            load_kernel(&mem64, 64 << 20, kernel, None, "console=ttyS0"),
             Err(BootError::KernelOutsideRam { .. })
         ));
     }
