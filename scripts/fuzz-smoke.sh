@@ -9,7 +9,8 @@
 # memory (2 GiB) is a finding: its input is kept under $FUZZ_ARTIFACTS (default
 # target/fuzz-artifacts/<target>/) and the script exits 1 after running the remaining targets.
 # Needs the nightly toolchain; installs cargo-fuzz from crates.io when it is missing.
-# FUZZ_TARGET_DIR (default target/fuzz) is where the instrumented builds go.
+# FUZZ_TARGET_DIR (default target/fuzz) is where the instrumented builds go; FUZZ_SEED (default 1)
+# seeds libFuzzer, so a CI run repeats.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -58,7 +59,7 @@ for fuzz_dir in */fuzz; do
     echo "fuzz-smoke: $fuzz_dir $target for ${SECONDS_PER_TARGET}s" >&2
     log="$SCRATCH/$target.log"
     if cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" --target-dir "$TARGET_DIR" -O "$target" "$corpus" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
+        -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 -seed="${FUZZ_SEED:-1}" \
         -artifact_prefix="$ARTIFACTS/$target/" >"$log" 2>&1; then
       summary="$(grep -E '^(#[0-9]+ +DONE|Done [0-9]+ runs)' "$log" | tail -2 | tr '\n' ' ')"
       echo "fuzz-smoke: $target: no finding ($summary)" >&2
