@@ -107,6 +107,9 @@ struct RunArgs {
     /// PCI slot (bus 0) of the snapshot device.
     #[arg(long, value_name = "SLOT", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..32))]
     snapshot_slot: u8,
+    /// Run without seccomp filters (to debug a system call the filters refuse).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -230,13 +233,22 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             })?
         }
     };
-    let termination = Termination::watch(machine.control());
-    let _stdin = stdin::StdinForwarder::start(machine.serial_input()).ok();
+    let seccomp = !args.no_seccomp;
+    if seccomp {
+        vmm::seccomp::prepare()?;
+    }
+    let termination = Termination::watch_filtered(machine.control(), seccomp);
+    let _stdin = stdin::StdinForwarder::start(machine.serial_input(), seccomp).ok();
     let policy = RunPolicy {
         timeout,
         save_dir: args.save_snapshot,
         max_restores: args.max_restores,
     };
+    // Set-up is over: from here on this thread (and the RAM capture threads it starts) may
+    // make only the vCPU filter's system calls.
+    if seccomp {
+        vmm::seccomp::install(vmm::seccomp::ThreadKind::Vcpu)?;
+    }
     let end = drive(&mut machine, &policy);
     if let Some(summary) = machine.stats().summary() {
         eprintln!("snapvmm: snapshots: {summary}");

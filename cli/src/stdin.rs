@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm::seccomp::{self, ThreadKind};
 use vmm::SerialInput;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -47,7 +48,9 @@ impl MutEventSubscriber for StdinSubscriber {
 }
 
 impl StdinForwarder {
-    pub fn start(serial: SerialInput) -> std::io::Result<Self> {
+    /// Starts forwarding; with `seccomp`, the thread puts itself under its filter first (call
+    /// `vmm::seccomp::prepare` before).
+    pub fn start(serial: SerialInput, seccomp: bool) -> std::io::Result<Self> {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let stopped = Arc::new(AtomicBool::new(false));
         let mut manager = EventManager::<StdinSubscriber>::new()
@@ -60,6 +63,12 @@ impl StdinForwarder {
         let thread = std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || {
+                if seccomp {
+                    if let Err(error) = seccomp::install(ThreadKind::StdinForwarder) {
+                        tracing::warn!(%error, "stdin not forwarded to the guest");
+                        return;
+                    }
+                }
                 while !stopped.load(Ordering::SeqCst) {
                     if manager.run().is_err() {
                         break;

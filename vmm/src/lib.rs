@@ -48,6 +48,7 @@ pub mod machine;
 pub mod machine_state;
 pub mod memory;
 pub mod page_tables;
+pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vm_setup;
