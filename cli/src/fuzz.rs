@@ -28,6 +28,8 @@ pub const STATUS_CRASH: u8 = 71;
 pub const STATUS_HANG: u8 = 68;
 /// `repro`: the VM failed while running the input (not a verdict on the input).
 pub const STATUS_VM_FAILURE: u8 = 69;
+/// `repro`: interrupted by Ctrl-C or SIGTERM.
+pub const STATUS_INTERRUPTED: u8 = 130;
 
 /// The guest to fuzz and the VM it runs in (shared by `fuzz` and `repro`, so that a crash
 /// replays on the same machine).
@@ -366,9 +368,12 @@ pub fn repro(args: ReproArgs) -> Result<u8, Failure> {
         )));
     }
     let mut target = args.target.boot(SerialOutput::Discard, RestoreArg::Dirty)?;
+    // Ctrl-C/SIGTERM stop the run (a long --timeout-ms would otherwise hold the terminal).
+    let _termination = Termination::watch(target.control());
     let replay = fuzz_harness::replay(&mut target, &args.input, timeout).map_err(|error| {
         let status = match error {
             fuzz_harness::ReproError::Read { .. } => STATUS_SETUP_ERROR,
+            fuzz_harness::ReproError::Target(VmTargetError::Stopped) => STATUS_INTERRUPTED,
             fuzz_harness::ReproError::Target(_) => STATUS_VM_FAILURE,
         };
         Failure {

@@ -306,6 +306,48 @@ fn repro_gives_the_same_verdict_every_time() {
 }
 
 #[test]
+fn sigterm_ends_a_campaign_with_status_0_and_everything_written() {
+    require_kvm();
+    let dir = temp_dir("sigterm");
+    let out = dir.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapvmm"))
+        .args([
+            "fuzz",
+            "--guest",
+            "fuzz-paths",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snapvmm");
+    // Let it boot and fuzz for a while, then ask it to stop.
+    std::thread::sleep(Duration::from_secs(4));
+    // SAFETY: sends SIGTERM to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("fuzzing ended: stopped"), "{stderr}");
+    let instance = out.join("default");
+    assert!(stat(&instance, "execs_done") > 0);
+    assert!(!files_in(&instance.join("queue")).is_empty());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_second_session_resumes_the_first() {
     require_kvm();
     let dir = temp_dir("resume");
