@@ -28,6 +28,7 @@ pub(crate) const STATUS_SETUP_ERROR: u8 = 64;
     version,
     about = "A small KVM VMM for snapshot fuzzing"
 )]
+#[command(arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,6 +95,9 @@ struct RunArgs {
     /// (status 71) on any difference.
     #[arg(long)]
     verify_restores: bool,
+    /// With --verify-restores: verify only every Nth restore (soaks of millions of restores).
+    #[arg(long, value_name = "N", requires = "verify_restores")]
+    verify_every: Option<u64>,
     /// Write every snapshot the guest takes to DIR (replaced atomically each time).
     #[arg(long, value_name = "DIR")]
     save_snapshot: Option<PathBuf>,
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
     termination::block_termination_signals();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SNAPVMM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -136,6 +141,13 @@ fn main() -> ExitCode {
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(error)
+            if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // `snapvmm` alone: the usage, as a mistake.
+            let _ = error.print();
+            return ExitCode::from(STATUS_SETUP_ERROR);
+        }
         Err(error) if !error.use_stderr() => {
             // --help and --version.
             let _ = error.print();
@@ -205,6 +217,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             VcpuRestoreArg::Full => VcpuRestore::Full,
         },
         verify_restores: args.verify_restores,
+        verify_every: args.verify_every.unwrap_or(1),
     };
     if let Some(dir) = &args.save_snapshot {
         vmm::disk::check_snapshot_target(dir)?;

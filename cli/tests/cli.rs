@@ -176,3 +176,10 @@ fn help_succeeds() {
     assert_eq!(outcome.status, 0);
     assert!(Path::new(env!("CARGO_BIN_EXE_snapvmm")).exists());
 }
+
+#[test]
+fn no_subcommand_prints_the_usage() {
+    let outcome = snapvmm(&[]);
+    assert_eq!(outcome.status, SETUP_ERROR);
+    assert!(outcome.stderr.contains("Usage: snapvmm <COMMAND>"), "{}", outcome.stderr);
+}
