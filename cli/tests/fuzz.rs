@@ -123,7 +123,8 @@ fn demo_bug_is_found_and_its_crash_file_replays_as_a_crash() {
     let dir = temp_dir("demo");
     let out = dir.join("out");
     let out_arg = out.to_str().expect("utf-8 path");
-    // The bug takes tens of seconds typically; the bound is what the demo promises, with margin.
+    // Measured on a shared 2-core machine: 0.4-1.1 M executions, 93-187 s. The bound is the
+    // demo's own --max-time.
     let fuzz = snapvmm(
         &[
             "fuzz",
@@ -133,9 +134,9 @@ fn demo_bug_is_found_and_its_crash_file_replays_as_a_crash() {
             out_arg,
             "--stop-on-crash",
             "--max-time",
-            "240",
+            "300",
         ],
-        Duration::from_secs(300),
+        Duration::from_secs(340),
     );
     assert_eq!(fuzz.status, 0, "stderr:\n{}", fuzz.stderr);
     eprintln!("demo bug found in {:.1} s", fuzz.took.as_secs_f64());
@@ -143,7 +144,7 @@ fn demo_bug_is_found_and_its_crash_file_replays_as_a_crash() {
         .stdout
         .lines()
         .find_map(|line| line.strip_prefix("crash: "))
-        .unwrap_or_else(|| panic!("no crash found in 240 s:\n{}", fuzz.stderr));
+        .unwrap_or_else(|| panic!("no crash found in 300 s:\n{}", fuzz.stderr));
     let crash = PathBuf::from(crash_line);
     assert!(crash.starts_with(out.join("default/crashes")), "{crash:?}");
     assert!(crash.is_file());
