@@ -167,7 +167,11 @@ fn forbidden_calls_from_a_vcpu_thread_are_refused() {
     assert_refused("vcpu:tty-ioctl", libc::SYS_ioctl, "vCPU");
     assert_refused("vcpu:exec-memory", libc::SYS_mmap, "vCPU");
     // A RAM capture thread started after the install inherits the filter.
-    assert_refused("vcpu:socket-from-capture-thread", libc::SYS_socket, "vCPU");
+    assert_refused(
+        "vcpu:socket-from-capture-thread",
+        libc::SYS_socket,
+        "inherited-filter (RAM capture)",
+    );
 }
 
 #[test]

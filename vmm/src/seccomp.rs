@@ -300,7 +300,8 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     let thread = ThreadKind::ALL
         .iter()
         .find(|k| **k as u8 == kind)
-        .map_or("unfiltered", |k| k.name());
+        // Unmarked: a thread started by a filtered one (RAM capture), which inherited its filter.
+        .map_or("inherited-filter (RAM capture)", |k| k.name());
     let mut message = MessageBuffer::new();
     message.push(b"snapvmm: seccomp refused system call ");
     message.push_number(syscall as i64);
