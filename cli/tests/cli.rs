@@ -181,5 +181,9 @@ fn help_succeeds() {
 fn no_subcommand_prints_the_usage() {
     let outcome = snapvmm(&[]);
     assert_eq!(outcome.status, SETUP_ERROR);
-    assert!(outcome.stderr.contains("Usage: snapvmm <COMMAND>"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("Usage: snapvmm <COMMAND>"),
+        "{}",
+        outcome.stderr
+    );
 }

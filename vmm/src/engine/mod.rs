@@ -433,7 +433,10 @@ impl SnapshotEngine {
         self.stats.restores += 1;
         self.stats.restore_time += started.elapsed();
         if self.options.verify_restores
-            && self.stats.restores % self.options.verify_every.max(1) == 0
+            && self
+                .stats
+                .restores
+                .is_multiple_of(self.options.verify_every.max(1))
         {
             self.verify(vm)?;
         }
