@@ -11,6 +11,7 @@ use vmm::{
 };
 
 mod bench;
+mod build_target;
 mod fuzz;
 mod run;
 mod stdin;
@@ -49,6 +50,8 @@ enum Command {
     Repro(fuzz::ReproArgs),
     /// Draw execs/s, corpus size and edges over time from a fuzz output directory into a PNG.
     Plot(fuzz::PlotArgs),
+    /// Build a libFuzzer harness (C, LLVMFuzzerTestOneInput) into a fuzz target ELF.
+    BuildTarget(build_target::BuildTargetArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +181,7 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => finish(fuzz::fuzz(args)),
         Command::Repro(args) => finish(fuzz::repro(args)),
         Command::Plot(args) => finish(fuzz::plot(args)),
+        Command::BuildTarget(args) => build_target::main(args),
         Command::Run(args) => match run(args) {
             Ok(status) => ExitCode::from(status),
             Err(error) => {
