@@ -44,10 +44,12 @@ pub mod dirty_tracking;
 pub mod disk;
 pub mod engine;
 pub mod event;
+pub mod hot_pages;
 pub mod machine;
 pub mod machine_state;
 pub mod memory;
 pub mod page_tables;
+
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;

@@ -491,6 +491,7 @@ impl SnapshotEngine {
                 // the pages they name were restored above.
                 self.tracker.harvest(&mut self.dirty)?;
                 self.slots.recreate(vm.vm_fd)?;
+                self.tracker.slots_recreated();
                 self.dirty.clear();
                 self.stats.shadow_mmu_resets += 1;
             }
