@@ -70,7 +70,7 @@ static int emit_number(void (*emit)(void *, const char *, size_t), void *context
     emit(context, digits, (size_t)digit_count);
     if (spec->left)
         emit_repeated(emit, context, ' ', padding);
-    return body + padding;
+    return prefix_length + zeros + digit_count + padding;
 }
 
 static int emit_text(void (*emit)(void *, const char *, size_t), void *context, const struct spec *spec,
