@@ -54,7 +54,7 @@ impl HotPages {
         let words = logged.len();
         self.previous.resize(words, 0);
         self.kept.resize(words, 0);
-        reprotect.clear();
+        // Every word is written below.
         reprotect.resize(words, 0);
         // Leases that ended: the pages become ordinary logged pages of this round, which the loop
         // below protects (they were not newly logged in the previous round, so not re-kept).
