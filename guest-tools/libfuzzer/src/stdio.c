@@ -97,6 +97,7 @@ int libfuzzer_format(void (*emit)(void *, const char *, size_t), void *context, 
             total += (int)(format - run);
             continue;
         }
+        const char *conversion_start = format;
         format++;
         struct spec spec = {.precision = -1};
         for (;; format++) {
@@ -221,8 +222,8 @@ int libfuzzer_format(void (*emit)(void *, const char *, size_t), void *context, 
             break;
         default:
             /* Unknown (or floating point): shown as written. */
-            emit(context, format - 2, 2);
-            total += 2;
+            emit(context, conversion_start, (size_t)(format - conversion_start));
+            total += (int)(format - conversion_start);
             break;
         }
     }

@@ -110,6 +110,8 @@ static void check_formatting(void)
     CHECK(strcmp(buffer, "   1|002|") == 0);
     CHECK(snprintf(buffer, 4, "%s", "truncate") == 8 && strcmp(buffer, "tru") == 0);
     CHECK(snprintf(NULL, 0, "%d", 12345) == 5);
+    /* No floating point: the conversion is shown as written (and its argument not consumed). */
+    CHECK(snprintf(buffer, sizeof buffer, "x%5.1fy", 1.5) == 7 && strcmp(buffer, "x%5.1fy") == 0);
     CHECK(sprintf(buffer, "%s-%d", "n", 1) == 3 && strcmp(buffer, "n-1") == 0);
     CHECK(fopen("/etc/passwd", "r") == NULL && errno == ENOENT);
     CHECK(fprintf(stderr, "%s", "") == 0 && fflush(stdout) == 0);
