@@ -375,7 +375,7 @@ fn libc_subset_passes_its_checks_inside_a_target() {
     );
     assert_eq!(outcome.status, 0, "{}{}", outcome.stdout, outcome.stderr);
     assert!(
-        outcome.stdout.contains("libc-check: 56 checks passed"),
+        outcome.stdout.contains("libc-check: 57 checks passed"),
         "{}",
         outcome.stdout
     );
@@ -528,7 +528,7 @@ fn libfuzzer_targets_run_and_find_their_bug_on_real_kvm() {
     let run = check(lane.run());
     let libc = check(run.job("lf-libc"));
     check(libc.expect_success());
-    check(libc.expect_output("libc-check: 56 checks passed"));
+    check(libc.expect_output("libc-check: 57 checks passed"));
     let replay = check(run.job("lf-repro"));
     check(replay.expect_status(CRASH));
     check(replay.expect_output(&format!("CRASH code {CODE_HEAP_OVERFLOW} ")));

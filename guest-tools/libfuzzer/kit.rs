@@ -15,6 +15,9 @@ const LIBC_SOURCES: &[&str] = &["crash.c", "malloc.c", "stdio.c", "stdlib.c", "s
 /// The shim that calls the harness; an object of its own so that it is always linked.
 const SHIM_SOURCE: &str = "main.c";
 
+/// Where the libc headers are, relative to `include/` (`<sys/types.h>`).
+const HEADER_DIRS: &[&str] = &["", "sys"];
+
 /// Flags for the kit's own C code: clang like the fuzz targets, not instrumented (the libc is
 /// not the code under test), freestanding so that the libc's loops are never turned back into
 /// calls of the functions they implement.
@@ -105,22 +108,31 @@ pub(super) fn build(paths: &Paths, clang: &str, runtime: &RuntimeLink) -> BuildR
         files.push((name.into(), to));
     }
 
-    let header_dir = source_dir.join("include");
-    let mut headers: Vec<PathBuf> = fs::read_dir(&header_dir)
-        .map_err(|e| io_error("read", &header_dir, e))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "h"))
-        .collect();
-    headers.sort();
-    for header in headers {
-        let name = header
-            .file_name()
-            .and_then(|name| name.to_str())
-            .ok_or_else(|| BuildError(format!("bad header name {}", header.display())))?
-            .to_string();
-        let to = kit_include.join(&name);
-        fs::copy(&header, &to).map_err(|e| io_error("copy", &header, e))?;
-        files.push((format!("include/{name}"), to));
+    for subdir in HEADER_DIRS {
+        let from_dir = source_dir.join("include").join(subdir);
+        let to_dir = kit_include.join(subdir);
+        fs::create_dir_all(&to_dir).map_err(|e| io_error("create", &to_dir, e))?;
+        let mut headers: Vec<PathBuf> = fs::read_dir(&from_dir)
+            .map_err(|e| io_error("read", &from_dir, e))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "h"))
+            .collect();
+        headers.sort();
+        for header in headers {
+            let name = header
+                .file_name()
+                .and_then(|name| name.to_str())
+                .ok_or_else(|| BuildError(format!("bad header name {}", header.display())))?
+                .to_string();
+            let to = to_dir.join(&name);
+            fs::copy(&header, &to).map_err(|e| io_error("copy", &header, e))?;
+            let kit_path = if subdir.is_empty() {
+                format!("include/{name}")
+            } else {
+                format!("include/{subdir}/{name}")
+            };
+            files.push((kit_path, to));
+        }
     }
     write_listing(&paths.out.join("libfuzzer_kit.rs"), &files)
 }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 struct snapvmm_file {
     int descriptor;
@@ -482,4 +483,21 @@ long ftell(FILE *stream)
     (void)stream;
     errno = EBADF;
     return -1;
+}
+
+/* ---- unistd.h */
+
+ssize_t write(int descriptor, const void *data, size_t size)
+{
+    if (descriptor != STDOUT_FILENO && descriptor != STDERR_FILENO) {
+        errno = EBADF;
+        return -1;
+    }
+    console_write(data, size);
+    return (ssize_t)size;
+}
+
+pid_t getpid(void)
+{
+    return 1;
 }

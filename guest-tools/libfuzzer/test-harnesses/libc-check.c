@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 static int checks, failures;
 
@@ -115,6 +117,8 @@ static void check_formatting(void)
     CHECK(sprintf(buffer, "%s-%d", "n", 1) == 3 && strcmp(buffer, "n-1") == 0);
     CHECK(fopen("/etc/passwd", "r") == NULL && errno == ENOENT);
     CHECK(fprintf(stderr, "%s", "") == 0 && fflush(stdout) == 0);
+    ssize_t written = write(STDOUT_FILENO, "", 0);
+    CHECK(written == 0 && write(5, "x", 1) == -1 && errno == EBADF);
 }
 
 static void check_heap(void)
