@@ -54,6 +54,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     case 'e':
         exit(3);
+    case 'r': /* one byte past the input */
+        return data[size] == 'x';
+    case 'm': /* writes to its const input */
+        ((uint8_t *)(uintptr_t)data)[0] = 'M';
+        return 0;
     default:
         return 0;
     }
