@@ -467,7 +467,9 @@ fn bad_harnesses_are_one_line_and_status_64() {
 /// The same targets on a real KVM (kvm_amd with NPT, in the real-KVM lane: docs/real-kvm-lane.md),
 /// where an SSE instruction at CPL3 raises #UD unless the runtime enabled SSE (kvm_pvm runs it
 /// anyway): the libc subset (clang vectorises its loops with SSE), the example's crash replayed,
-/// and the example fuzzed until its bug is found. Ignored by default (QEMU TCG, ~1-2 min; needs
+/// an input overread (the input window's guard page) and `__builtin_trap()` replayed, and the
+/// example fuzzed until its bug is found (L1 runs under QEMU TCG at ~700-1,000 executions per
+/// second, so that takes 30-100 k executions, up to a few minutes). Ignored by default (QEMU TCG, ~1-2 min; needs
 /// `bash guest-tools/linux/build-images.sh`): `cargo test --release -p snapvmm --test libfuzzer
 /// -- --ignored`. The snapvmm under test is carried into L1.
 #[test]
@@ -484,6 +486,11 @@ fn libfuzzer_targets_run_and_find_their_bug_on_real_kvm() {
         &dir,
         "libc-check",
     );
+    let endings = build(
+        &libfuzzer_dir().join("test-harnesses/endings.c"),
+        &dir,
+        "endings",
+    );
     let budget = Duration::from_secs(120);
     let mut lane = Lane::new("libfuzzer")
         .host_file("/bin/snapvmm", Path::new(env!("CARGO_BIN_EXE_snapvmm")))
@@ -497,7 +504,14 @@ fn libfuzzer_targets_run_and_find_their_bug_on_real_kvm() {
             "/lane/lf/crash.pkt",
             0o644,
             b"PKT1\x02\x01X\x07ext:\x01\x10\x20",
-        );
+        )
+        .file(
+            "/lane/lf/endings.elf",
+            0o644,
+            &fs::read(&endings).expect("endings.elf"),
+        )
+        .file("/lane/lf/overread", 0o644, b"!r")
+        .file("/lane/lf/trap", 0o644, b"TRP");
     for entry in fs::read_dir(example.join("corpus")).expect("corpus") {
         let path = entry.expect("corpus entry").path();
         let name = path
@@ -523,10 +537,20 @@ fn libfuzzer_targets_run_and_find_their_bug_on_real_kvm() {
             "snapvmm repro --kernel /lane/lf/pkt.elf /lane/lf/crash.pkt",
         ))
         .job(Job::new(
-            "lf-fuzz",
+            "lf-overread",
             budget,
+            "snapvmm repro --kernel /lane/lf/endings.elf /lane/lf/overread",
+        ))
+        .job(Job::new(
+            "lf-trap",
+            budget,
+            "snapvmm repro --kernel /lane/lf/endings.elf /lane/lf/trap",
+        ))
+        .job(Job::new(
+            "lf-fuzz",
+            Duration::from_secs(330),
             "snapvmm fuzz --kernel /lane/lf/pkt.elf --out /tmp/lf-out --corpus /lane/lf/corpus \
-             --stop-on-crash --max-time 90",
+             --stop-on-crash --max-time 300",
         ));
     let run = check(lane.run());
     let libc = check(run.job("lf-libc"));
@@ -535,6 +559,14 @@ fn libfuzzer_targets_run_and_find_their_bug_on_real_kvm() {
     let replay = check(run.job("lf-repro"));
     check(replay.expect_status(CRASH));
     check(replay.expect_output(&format!("CRASH code {CODE_HEAP_OVERFLOW} ")));
+    for (job, verdict) in [
+        ("lf-overread", "CPU exception #PF (vector 14)"),
+        ("lf-trap", "CPU exception #UD (vector 6)"),
+    ] {
+        let outcome = check(run.job(job));
+        check(outcome.expect_status(CRASH));
+        check(outcome.expect_output(verdict));
+    }
     let fuzz = check(run.job("lf-fuzz"));
     check(fuzz.expect_success());
     check(fuzz.expect_output(&format!("kind:crash,code:{CODE_HEAP_OVERFLOW},")));
