@@ -170,7 +170,8 @@ static void *allocate(uint64_t size, uint64_t alignment, uint64_t pc)
 static struct block *owned_block(void *pointer, uint64_t pc)
 {
     uintptr_t address = (uintptr_t)pointer;
-    if (address % 16 || address < heap_low + HEADER_SIZE || address >= heap_high)
+    /* heap_high is 0 until the first allocation: then nothing is ours. */
+    if (address % 16 || address >= heap_high || address < heap_low || address - heap_low < HEADER_SIZE)
         libfuzzer_crash(LIBFUZZER_CRASH_BAD_FREE, pc, "free() of a pointer malloc did not return");
     struct block *block = block_of(pointer);
     if (block->magic == MAGIC_FREED)
