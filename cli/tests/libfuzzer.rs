@@ -13,6 +13,7 @@ use snapvmm_tests::runner::require_kvm;
 
 const SETUP_ERROR: i32 = 64;
 const CRASH: i32 = 71;
+const HANG: i32 = 68;
 /// CRASH codes of the libFuzzer shim (guest-tools/libfuzzer/src/libfuzzer_rt.h).
 const CODE_ABORT: u32 = 0x1001;
 const CODE_ASSERT: u32 = 0x1002;
@@ -283,6 +284,7 @@ fn every_way_a_harness_run_ends_replays_with_its_verdict() {
         // The input ends at an unmapped page and is read-only, as libFuzzer's copy under ASan.
         (b"!r", CRASH, "CPU exception #PF (vector 14)".into()),
         (b"!m", CRASH, "CPU exception #PF (vector 14)".into()),
+        (b"!h", HANG, "hang: no end within 1000 ms".into()),
     ];
     for (input, status, verdict) in cases {
         let file = dir.join("input");

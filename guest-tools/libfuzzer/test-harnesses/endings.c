@@ -56,6 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         exit(3);
     case 'r': /* one byte past the input */
         return data[size] == 'x';
+    case 'h': /* never ends */
+        for (;;)
+            __asm__ volatile("");
     case 'm': /* writes to its const input */
         ((uint8_t *)(uintptr_t)data)[0] = 'M';
         return 0;
