@@ -238,9 +238,15 @@ fn compile(
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut first_error = first_error(&stderr, args.verbose);
+    if first_error.contains("file not found") {
+        first_error.push_str(
+            " (a header the freestanding libc subset does not have: docs/libfuzzer-targets.md lists them)",
+        );
+    }
     Err(BuildTargetError::Compile {
         source_file: source.to_path_buf(),
-        first_error: first_error(&stderr, args.verbose),
+        first_error,
     })
 }
 

@@ -426,6 +426,17 @@ fn bad_harnesses_are_one_line_and_status_64() {
         "{compile_error}"
     );
 
+    let missing_header = bad_build(
+        &dir,
+        "#include <math.h>\nint LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return 0; }\n",
+        None,
+    );
+    assert!(
+        missing_header.contains("'math.h' file not found")
+            && missing_header.contains("does not have"),
+        "{missing_header}"
+    );
+
     let defines_main = bad_build(
         &dir,
         "#include <stdint.h>\n#include <stddef.h>\n\
