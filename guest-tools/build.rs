@@ -37,6 +37,7 @@ const USER_SOURCES: &[&str] = &[
     "snapshot.c",
     "fuzz.c",
     "coverage.c",
+    "cmplog.c",
 ];
 /// Kernel symbols the rest of the link may see; every other kernel symbol is made local so that
 /// the kernel's helpers (memcpy, ...) never clash with the user program's.
@@ -84,7 +85,7 @@ const FUZZ_TARGET_CFLAGS: &[&str] = &[
     "-fcf-protection=none",
     "-fno-asynchronous-unwind-tables",
     "-fno-addrsig",
-    "-fsanitize-coverage=trace-pc-guard",
+    "-fsanitize-coverage=trace-pc-guard,trace-cmp",
 ];
 /// Native harnesses (host programs): hosted, optimised, warnings on.
 const NATIVE_HARNESS_CFLAGS: &[&str] = &["-O2", "-g", "-Wall", "-Wextra", "-std=gnu11"];

@@ -93,6 +93,10 @@ pub struct FuzzArgs {
     /// Stop after the first crash, print its file and the `snapvmm repro` command.
     #[arg(long)]
     stop_on_crash: bool,
+    /// No comparison feedback (by default each queue entry runs once with the target's
+    /// comparison log on, and input-to-state mutations use the operands it compared).
+    #[arg(long)]
+    no_cmplog: bool,
     /// What makes a crash new: its kind + code + pc, or new coverage among crashes (AFL++).
     #[arg(long, value_enum, default_value = "kind")]
     dedup: DedupArg,
@@ -327,6 +331,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
     config.max_execs = args.max_execs;
     config.timeout = timeout;
     config.stop_on_crash = args.stop_on_crash;
+    config.cmplog = !args.no_cmplog;
     config.dedup = match args.dedup {
         DedupArg::Kind => DedupMode::KindCodePc,
         DedupArg::Coverage => DedupMode::Coverage,

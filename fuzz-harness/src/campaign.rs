@@ -64,6 +64,8 @@ pub struct Campaign {
     pub previous_execs: u64,
     /// Executions done in this session (mirrors LibAFL's counter, which the executor bumps).
     pub session_execs: u64,
+    /// Runs with the comparison log on (one per queue entry; not in `session_execs`).
+    pub traced_execs: u64,
     /// Next AFL++ ids.
     pub next_queue_id: u32,
     pub next_crash_id: u32,
@@ -106,6 +108,7 @@ impl Campaign {
             previous_run_time: Duration::ZERO,
             previous_execs: 0,
             session_execs: 0,
+            traced_execs: 0,
             next_queue_id: 0,
             next_crash_id: 0,
             next_hang_id: 0,

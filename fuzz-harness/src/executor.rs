@@ -134,6 +134,36 @@ impl<T: FuzzTarget, OT> TargetExecutor<T, OT> {
         &self.target
     }
 
+    /// Runs `input` once with the target's comparison log on and returns what it compared
+    /// (nothing when the target has no log). Not a fuzzing execution: its coverage is dropped
+    /// and it is not counted.
+    pub fn trace_comparisons(
+        &mut self,
+        input: &[u8],
+    ) -> Result<Vec<libafl::observers::cmp::CmpValues>, Error> {
+        let Some(log) = self.target.comparison_log() else {
+            return Ok(Vec::new());
+        };
+        crate::cmplog::arm(log, true);
+        let input = input.get(..self.max_input_len).unwrap_or(input);
+        let ran = self.target.run(input, self.timeout);
+        let values = match self.target.comparison_log() {
+            Some(log) => {
+                let values = crate::cmplog::parse(log);
+                crate::cmplog::arm(log, false);
+                values
+            }
+            None => Vec::new(),
+        };
+        self.target.coverage_map().fill(0);
+        self.campaign.borrow_mut().traced_execs += 1;
+        if let Err(e) = ran {
+            self.failure = Some(ExecutorFailure::Target(e));
+            return Err(Error::shutting_down());
+        }
+        Ok(values)
+    }
+
     /// Why the campaign must stop now, if it must.
     fn stop_reason(&self) -> Option<StopReason> {
         let campaign = self.campaign.borrow();

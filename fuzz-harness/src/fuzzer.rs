@@ -22,17 +22,18 @@ use libafl::feedbacks::MapFeedbackMetadata;
 use libafl::fuzzer::{Evaluator, Fuzzer as _, StdFuzzer};
 use libafl::inputs::BytesInput;
 use libafl::monitors::NopMonitor;
-use libafl::mutators::{havoc_mutations, tokens_mutations, Tokens};
+use libafl::mutators::{havoc_mutations, tokens_mutations, I2SRandReplace, Tokens};
 use libafl::observers::CanTrack;
 use libafl::schedulers::powersched::PowerSchedule;
 use libafl::schedulers::{IndexesLenTimeMinimizerScheduler, StdWeightedScheduler};
-use libafl::stages::{CalibrationStage, StdPowerMutationalStage};
+use libafl::stages::{CalibrationStage, StdMutationalStage, StdPowerMutationalStage};
 use libafl::state::{HasCorpus, HasMaxSize, StdState};
 use libafl::{Error, HasMetadata, HasNamedMetadata, HasObjective};
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Handled, Merge};
 
 use crate::campaign::{Campaign, PendingInput, StopReason};
+use crate::cmplog::CmpLogStage;
 use crate::coverage::EdgeObserver;
 use crate::dictionary::{self, DictError};
 use crate::executor::{ExecutorFailure, OutcomeObserver, StopConditions, TargetExecutor};
@@ -73,6 +74,9 @@ pub struct FuzzConfig {
     pub timeout: Duration,
     /// Stop after the first saved crash.
     pub stop_on_crash: bool,
+    /// Comparison feedback: each queue entry runs once with the target's comparison log on,
+    /// and input-to-state mutations use what it compared (AFL++'s `-c`, on by default here).
+    pub cmplog: bool,
     /// How crashes are deduplicated.
     pub dedup: DedupMode,
     /// Seed of the random number generator (random when `None`).
@@ -97,6 +101,7 @@ impl FuzzConfig {
             max_execs: None,
             timeout: DEFAULT_TIMEOUT,
             stop_on_crash: false,
+            cmplog: true,
             dedup: DedupMode::default(),
             seed: None,
             status: StatusMode::default(),
@@ -373,7 +378,13 @@ impl<T: FuzzTarget> Fuzzer<T> {
             },
         );
         let mut mgr = SimpleEventManager::new(NopMonitor::new());
-        let mut stages = tuple_list!(calibration, power);
+        let i2s: StdMutationalStage<_, _, BytesInput, BytesInput, _, _, _> =
+            StdMutationalStage::new(HavocMutator::named(
+                "i2s",
+                tuple_list!(I2SRandReplace::new()),
+                Rc::clone(&campaign),
+            ));
+        let mut stages = tuple_list!(calibration, CmpLogStage::new(config.cmplog), i2s, power);
 
         let mut warnings = seeds.warnings.clone();
         for warning in &warnings {

@@ -17,6 +17,7 @@
 //! What is LibAFL's and what is written here (and why) is said at the top of each module.
 
 pub mod campaign;
+pub mod cmplog;
 pub mod coverage;
 pub mod dictionary;
 pub mod executor;

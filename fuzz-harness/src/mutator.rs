@@ -34,8 +34,14 @@ pub struct HavocMutator<MT> {
 impl<MT> HavocMutator<MT> {
     /// Havoc over `mutations`.
     pub fn new(mutations: MT, campaign: SharedCampaign) -> Self {
+        Self::named("havoc", mutations, campaign)
+    }
+
+    /// The same schedule under another name in the queue's `op:` (e.g. `i2s` for
+    /// input-to-state replacements).
+    pub fn named(op: &'static str, mutations: MT, campaign: SharedCampaign) -> Self {
         Self {
-            name: Cow::Borrowed("havoc"),
+            name: Cow::Borrowed(op),
             mutations,
             campaign,
         }
@@ -66,9 +72,13 @@ where
             }
         }
         let src = current_queue_id(state);
+        let op = match &self.name {
+            Cow::Borrowed(op) => op,
+            Cow::Owned(_) => "havoc",
+        };
         self.campaign.borrow_mut().pending = PendingInput::New(Origin::Mutation {
             src,
-            op: "havoc",
+            op,
             rep: u32::try_from(rep).unwrap_or(u32::MAX),
         });
         Ok(result)

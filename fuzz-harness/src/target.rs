@@ -35,6 +35,12 @@ pub trait FuzzTarget {
     /// between calls; the engine sizes its own maps from the first call.
     fn coverage_map(&mut self) -> &mut [u8];
 
+    /// The target's comparison log (the snapshot device's BAR1 for the VM), if it has one; see
+    /// `cmplog` for the layout. The engine turns it on for one run per queue entry.
+    fn comparison_log(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+
     /// Snapshot restores the target performed so far, for the status line; `None` when the target
     /// does not count them (the engine then shows its own run count).
     fn restores(&self) -> Option<u64> {

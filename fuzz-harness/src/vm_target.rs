@@ -195,6 +195,10 @@ impl FuzzTarget for VmTarget {
         self.machine.coverage_mut()
     }
 
+    fn comparison_log(&mut self) -> Option<&mut [u8]> {
+        Some(self.machine.comparison_log_mut())
+    }
+
     fn restores(&self) -> Option<u64> {
         Some(self.machine.stats().restores)
     }

@@ -28,6 +28,7 @@
 
 /* ---- BARs */
 #define SNAPSHOT_BAR_REGISTERS 0u /* 32-bit, non-prefetchable, 1 MiB: the registers below */
+#define SNAPSHOT_BAR_CMPLOG 1u    /* snapvmm extension, 32-bit prefetchable 64 KiB: comparison log */
 #define SNAPSHOT_BAR_INPUT 2u     /* 64-bit prefetchable: the input (INPUT_LEN bytes); not snapshotted */
 #define SNAPSHOT_BAR_COVERAGE 4u  /* 64-bit prefetchable: AFL-style edge map; not snapshotted */
 #define SNAPSHOT_REGISTERS_SIZE 0x100000u
@@ -46,6 +47,22 @@
 #define SNAPSHOT_REG_FAULT_PC_LO 0x24u   /* R/W, snapvmm extension: address the next CRASH or
                                           * EXCEPTION is attributed to, low half (consumed by it) */
 #define SNAPSHOT_REG_FAULT_PC_HI 0x28u   /* R/W, snapvmm extension: high half */
+
+/* snapvmm extension: BAR1 is the comparison log, for the harness's input-to-state mutations.
+ * The host sets ENABLE to 1 before a run whose comparisons it wants and zeroes COUNT; the target's
+ * trace-cmp callbacks then append one entry per comparison (COUNT counts them all, entries past
+ * the capacity are dropped). */
+#define SNAPSHOT_CMPLOG_ENABLE 0x0u  /* u32, written by the host */
+#define SNAPSHOT_CMPLOG_COUNT 0x4u   /* u32, incremented by the guest */
+#define SNAPSHOT_CMPLOG_ENTRIES 0x10u
+struct snapshot_cmplog_entry {
+    uint8_t size;      /* operand size in bytes: 1, 2, 4 or 8 */
+    uint8_t flags;     /* SNAPSHOT_CMPLOG_CONST: an operand is a compile-time constant */
+    uint16_t reserved;
+    uint32_t site;     /* low half of the comparison's address */
+    uint64_t first, second;
+};
+#define SNAPSHOT_CMPLOG_CONST 0x1u
 
 /* snapvmm extension: BAR0 + 0x1000 is a page of memory mirroring, at the same offsets, the
  * registers only the host changes (MAGIC, INPUT_LEN, ABI_VERSION, INPUT_SIZE, COVERAGE_SIZE; other

@@ -60,7 +60,7 @@ const HARNESS_CFLAGS: &[&str] = &[
     "-fno-asynchronous-unwind-tables",
     "-fno-addrsig",
     "-fno-exceptions",
-    "-fsanitize-coverage=trace-pc-guard",
+    "-fsanitize-coverage=trace-pc-guard,trace-cmp",
     "-DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION",
 ];
 

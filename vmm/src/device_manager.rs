@@ -9,7 +9,7 @@ use devices::i8042::{I8042Device, I8042State, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::pci::{BarRelocation, PciBus, PciBusState, PCI_CONFIG_PORT_BASE, PCI_CONFIG_PORT_LEN};
 use devices::serial::{SerialDevice, SerialDeviceState, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
 use devices::snapshot_device::{
-    SnapshotDevice, SnapshotDeviceConfig, SnapshotDeviceState, COVERAGE_BAR, INPUT_BAR,
+    SnapshotDevice, SnapshotDeviceConfig, SnapshotDeviceState, CMPLOG_BAR, COVERAGE_BAR, INPUT_BAR,
     REGISTERS_BAR, REGISTER_MIRROR_OFFSET,
 };
 use devices::{DeviceAction, Persist, PioBus, RestoreInPlace};
@@ -157,7 +157,7 @@ impl DeviceManager {
                 why: e.to_string(),
             }
         })?;
-        let mut mapped_bars: Vec<MappedBar> = [INPUT_BAR, COVERAGE_BAR]
+        let mut mapped_bars: Vec<MappedBar> = [INPUT_BAR, COVERAGE_BAR, CMPLOG_BAR]
             .iter()
             .enumerate()
             .filter_map(|(i, &bar)| {
@@ -179,7 +179,7 @@ impl DeviceManager {
             mapped_bars.push(MappedBar {
                 bar: REGISTERS_BAR,
                 offset: REGISTER_MIRROR_OFFSET,
-                memslot: FIRST_DEVICE_MEMSLOT + 2,
+                memslot: FIRST_DEVICE_MEMSLOT + 3,
                 host_addr: mirror.host_addr(),
                 size: mirror.len() as u64,
                 read_only: true,

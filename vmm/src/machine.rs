@@ -435,6 +435,15 @@ impl Machine {
         unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), memory.len()) }
     }
 
+    /// BAR1's comparison log (`devices::snapshot_device::CMPLOG_*`): the harness turns logging
+    /// on for a run and reads the operands the target compared.
+    pub fn comparison_log_mut(&mut self) -> &mut [u8] {
+        let memory = lock(self.devices.snapshot_device()).cmplog_memory().clone();
+        // SAFETY: as in `coverage_mut`: the device keeps the mapping alive as long as the VM, and
+        // `&mut self` makes this the only host view while it lives (the vCPU is not running).
+        unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), memory.len()) }
+    }
+
     /// The snapshot device, for host-side registers beyond input and coverage.
     pub fn snapshot_device(&self) -> MutexGuard<'_, SnapshotDevice> {
         lock(self.devices.snapshot_device())

@@ -8,6 +8,9 @@
 //!   [`mmio_write`](crate::pci::PciBus::mmio_write).
 //! - BAR2: the input, 64-bit prefetchable memory, 1 MiB by default.
 //! - BAR4: the coverage map, 64-bit prefetchable memory, 64 KiB by default.
+//! - BAR1 (extension): the comparison log, 32-bit prefetchable memory, 64 KiB: the operands of the
+//!   target's comparisons in runs the harness asks for (see [`CMPLOG_ENABLE`]), for input-to-state
+//!   mutations. A guest that does not know it ignores it.
 //!
 //! BAR2 and BAR4 are [`BarMemory`] (memfds) that the VMM maps as memslots wherever the guest's BARs
 //! are decoded (the `BarsRelocated` actions say where); an access that still traps, before the
@@ -80,11 +83,24 @@ pub const SNAPSHOT_DEVICE_DEFAULT_SLOT: u8 = 4;
 
 /// BAR numbers.
 pub const REGISTERS_BAR: usize = 0;
+pub const CMPLOG_BAR: usize = 1;
 pub const INPUT_BAR: usize = 2;
 pub const COVERAGE_BAR: usize = 4;
 pub const REGISTERS_BAR_SIZE: u64 = 1 << 20;
 pub const DEFAULT_INPUT_SIZE: usize = 1 << 20;
 pub const DEFAULT_COVERAGE_SIZE: usize = 64 << 10;
+/// The comparison log (BAR1): a header, then entries. Offsets of the header's words:
+pub const CMPLOG_SIZE: usize = 64 << 10;
+/// u32 the host sets to 1 before a run whose comparisons the guest should log, 0 otherwise.
+pub const CMPLOG_ENABLE: usize = 0x0;
+/// u32 the guest increments per comparison logged (entries past the capacity are dropped).
+pub const CMPLOG_COUNT: usize = 0x4;
+/// First entry; each is [`CMPLOG_ENTRY_SIZE`] bytes: u8 operand size (1, 2, 4 or 8), u8 flags
+/// (bit 0: an operand is a compile-time constant), u16 reserved, u32 site (low half of the
+/// comparison's return address), u64 first operand, u64 second operand.
+pub const CMPLOG_ENTRIES: usize = 0x10;
+pub const CMPLOG_ENTRY_SIZE: usize = 24;
+pub const CMPLOG_CAPACITY: usize = (CMPLOG_SIZE - CMPLOG_ENTRIES) / CMPLOG_ENTRY_SIZE;
 /// Smallest BAR2/BAR4: one page, so that it can be a memslot.
 pub const MIN_BUFFER_SIZE: usize = MIN_BAR_SIZE as usize;
 /// Largest BAR2/BAR4: both at this size plus BAR0 still fit the 32-bit MMIO hole (just under
@@ -204,6 +220,10 @@ impl SnapshotDeviceConfig {
             },
             size: REGISTERS_BAR_SIZE,
         });
+        bars[CMPLOG_BAR] = Some(BarDefinition {
+            kind: BarKind::Memory32 { prefetchable: true },
+            size: CMPLOG_SIZE as u64,
+        });
         bars[INPUT_BAR] = Some(memory64(self.input_size));
         bars[COVERAGE_BAR] = Some(memory64(self.coverage_size));
         PciHeader {
@@ -236,6 +256,7 @@ pub struct SnapshotDeviceArgs {
     pub input: Arc<BarMemory>,
     pub coverage: Arc<BarMemory>,
     pub register_mirror: Arc<BarMemory>,
+    pub cmplog: Arc<BarMemory>,
 }
 
 impl SnapshotDeviceArgs {
@@ -249,6 +270,7 @@ impl SnapshotDeviceArgs {
                 c"snapvmm-register-mirror",
                 REGISTER_MIRROR_SIZE,
             )?),
+            cmplog: Arc::new(BarMemory::new(c"snapvmm-cmplog", CMPLOG_SIZE)?),
         })
     }
 
@@ -329,6 +351,8 @@ pub struct SnapshotDevice {
     coverage: Arc<BarMemory>,
     /// BAR0's register mirror page (host state).
     register_mirror: Arc<BarMemory>,
+    /// BAR1's comparison log.
+    cmplog: Arc<BarMemory>,
     /// Guest state (rolled back by a restore).
     arg: u32,
     /// Host state (never rolled back).
@@ -378,10 +402,16 @@ impl SnapshotDevice {
         &self.register_mirror
     }
 
-    /// The host memory behind BAR `bar`, if it is one of the memslot-backed BARs (2 and 4): what
+    /// BAR1's memory: the comparison log.
+    pub fn cmplog_memory(&self) -> &Arc<BarMemory> {
+        &self.cmplog
+    }
+
+    /// The host memory behind BAR `bar`, if it is one of the memslot-backed BARs (1, 2 and 4): what
     /// the VMM maps when a `BarRelocation` for this device names that BAR.
     pub fn bar_memory(&self, bar: usize) -> Option<&Arc<BarMemory>> {
         match bar {
+            CMPLOG_BAR => Some(&self.cmplog),
             INPUT_BAR => Some(&self.input),
             COVERAGE_BAR => Some(&self.coverage),
             _ => None,
@@ -699,12 +729,13 @@ impl Persist for SnapshotDevice {
             .map_err(|error| PersistError::invalid("snapshot device", error.to_string()))?;
         state.validate(&config)?;
         let config_space = PciConfigSpace::restore(config.pci_header(), &state.pci)?;
-        if args.register_mirror.len() != REGISTER_MIRROR_SIZE {
+        if args.register_mirror.len() != REGISTER_MIRROR_SIZE || args.cmplog.len() != CMPLOG_SIZE {
             return Err(PersistError::invalid(
                 "snapshot device",
                 format!(
-                    "register mirror of {:#x} bytes, not {REGISTER_MIRROR_SIZE:#x}",
-                    args.register_mirror.len()
+                    "register mirror of {:#x} and comparison log of {:#x} bytes, not {REGISTER_MIRROR_SIZE:#x} and {CMPLOG_SIZE:#x}",
+                    args.register_mirror.len(),
+                    args.cmplog.len()
                 ),
             ));
         }
@@ -713,6 +744,7 @@ impl Persist for SnapshotDevice {
             input: args.input,
             coverage: args.coverage,
             register_mirror: args.register_mirror,
+            cmplog: args.cmplog,
             arg: state.arg,
             snapshot_exists: false,
             capture_running: false,

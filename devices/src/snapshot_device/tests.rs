@@ -142,7 +142,10 @@ fn bars_are_assigned_at_power_on_and_size_as_the_abi_says() {
             (relocation.bar, relocation.size)
         })
         .collect();
-    assert_eq!(bars, [(0, 0x10_0000), (2, 0x10_0000), (4, 0x1_0000)]);
+    assert_eq!(
+        bars,
+        [(0, 0x10_0000), (1, 0x1_0000), (2, 0x10_0000), (4, 0x1_0000)]
+    );
     let mut regions: Vec<(u64, u64)> = machine
         .power_on
         .iter()
@@ -162,7 +165,11 @@ fn bars_are_assigned_at_power_on_and_size_as_the_abi_says() {
     );
 
     assert_eq!(machine.size_bar(0), 0xfff0_0000, "32-bit, 1 MiB");
-    assert_eq!(machine.size_bar(1), 0, "BAR1 unused");
+    assert_eq!(
+        machine.size_bar(1),
+        0xffff_0008,
+        "32-bit prefetchable 64 KiB (comparison log)"
+    );
     assert_eq!(
         machine.size_bar(2),
         0xfff0_000c,
@@ -177,7 +184,7 @@ fn bars_are_assigned_at_power_on_and_size_as_the_abi_says() {
     assert_eq!(machine.size_bar(5), 0xffff_ffff);
     assert_eq!(
         machine.bus.decoded_bars().len(),
-        3,
+        4,
         "sizing left them in place"
     );
     assert_eq!(machine.reg(REG_MAGIC), MAGIC);
@@ -585,8 +592,11 @@ fn direct_accesses_with_absurd_offsets_and_bars_never_panic() {
     let mut data = [0u8; 4];
     device.mmio_read(REGISTERS_BAR, 0, &mut data);
     assert_eq!(u32::from_le_bytes(data), MAGIC);
-    device.mmio_read(1, 0, &mut data);
-    assert_eq!(data, [0xff; 4], "no BAR1");
+    device.mmio_read(3, 0, &mut data);
+    assert_eq!(
+        data, [0xff; 4],
+        "BAR3 is BAR2's upper half, no BAR of its own"
+    );
     device.mmio_read(INPUT_BAR, DEFAULT_INPUT_SIZE as u64 - 2, &mut data);
     assert_eq!(data, [0xff; 4], "past the end of BAR2");
 }
@@ -647,6 +657,7 @@ fn state_round_trips_and_a_restore_rolls_back_only_guest_state() {
             input: device.input_memory().clone(),
             coverage: device.coverage_memory().clone(),
             register_mirror: device.register_mirror_memory().clone(),
+            cmplog: device.cmplog_memory().clone(),
         }
     };
     let rebuilt = SnapshotDevice::restore(args, &saved).unwrap();
@@ -673,9 +684,9 @@ fn invalid_states_are_rejected_and_leave_the_device_untouched() {
     bad_bar.pci.bar_addresses[0] = 0xc000_1000;
     let mut bad_command = good.clone();
     bad_command.pci.command = 0x8000;
-    let mut bar_in_unused_register = good.clone();
-    bar_in_unused_register.pci.bar_addresses[1] = 0xc000_0000;
-    for bad in [bad_sizes, bad_bar, bad_command, bar_in_unused_register] {
+    let mut misaligned_cmplog_bar = good.clone();
+    misaligned_cmplog_bar.pci.bar_addresses[CMPLOG_BAR] = 0xc000_1000;
+    for bad in [bad_sizes, bad_bar, bad_command, misaligned_cmplog_bar] {
         assert!(device.restore_in_place(&bad).is_err(), "{bad:?}");
         assert_eq!(device.save(), good);
         let args = SnapshotDeviceArgs::allocate(&SnapshotDeviceConfig::default()).unwrap();
@@ -687,6 +698,7 @@ fn invalid_states_are_rejected_and_leave_the_device_untouched() {
         input: Arc::new(BarMemory::new(c"odd", 3 * 4096).unwrap()),
         coverage: Arc::new(BarMemory::new(c"odd", 4096).unwrap()),
         register_mirror: Arc::new(BarMemory::new(c"odd", REGISTER_MIRROR_SIZE).unwrap()),
+        cmplog: Arc::new(BarMemory::new(c"odd", CMPLOG_SIZE).unwrap()),
     };
     let state = SnapshotDeviceState {
         input_size: 3 * 4096,
@@ -847,10 +859,10 @@ fn moving_bar2_and_bar4_is_reported_with_the_memory_to_map() {
     machine.bus.mmio_write(new_coverage + 5, &[7]);
     assert_eq!(machine.dev().coverage()[5], 7);
 
-    // Memory decoding off unmaps all three; on again maps them where they are.
+    // Memory decoding off unmaps all four; on again maps them where they are.
     let command = machine.config_read(1);
     let off = relocations(machine.config_write(1, command & !u32::from(COMMAND_MEMORY_SPACE)));
-    assert_eq!(off.len(), 3);
+    assert_eq!(off.len(), 4);
     assert!(off.iter().all(|relocation| relocation.new_base.is_none()));
     let on = relocations(machine.config_write(1, command));
     let bases: Vec<_> = on.iter().map(|relocation| relocation.new_base).collect();
@@ -858,6 +870,7 @@ fn moving_bar2_and_bar4_is_reported_with_the_memory_to_map() {
         bases,
         [
             Some(machine.bases[REGISTERS_BAR]),
+            Some(machine.bases[CMPLOG_BAR]),
             Some(new_input),
             Some(new_coverage)
         ]

@@ -148,6 +148,9 @@ RT_NORETURN void rt_fuzz_run(int (*test_one_input)(const uint8_t *data, size_t s
 /* The map the coverage callbacks write (BAR4, or a 4 KiB fallback without the device), its size,
  * and how many guards the instrumented code has. */
 volatile uint8_t *rt_coverage_map(size_t *size, size_t *guards);
+/* Points the trace-cmp callbacks at the snapshot device's comparison log (BAR1), if there is one;
+ * called with the coverage map's set-up, before main. */
+void rt_cmplog_attach(void);
 
 /* ---- kernel services (int3 with RAX = RT_SYS_MAGIC + number, see rt_abi.h) */
 static inline uint64_t rt_syscall(uint64_t number, uint64_t arg0, uint64_t arg1)

@@ -40,8 +40,10 @@ void __sanitizer_cov_trace_pc_guard_init(uint32_t *start, uint32_t *stop)
     /* Called once per instrumented module, possibly more than once for the same guards. */
     if (start == stop || *start)
         return;
-    if (coverage_map == fallback_map)
+    if (coverage_map == fallback_map) {
         coverage_map_attach();
+        rt_cmplog_attach();
+    }
     for (uint32_t *guard = start; guard < stop; guard++) {
         *guard = next_guard_id++ & coverage_mask;
         guard_count++;
