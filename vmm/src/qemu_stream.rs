@@ -1,0 +1,544 @@
+//! QEMU 7.2 migration streams to and from snapvmm machines (the format itself is the
+//! `qemu-migration` crate; this is the VMM side): a `MachineState` plus its RAM becomes a
+//! `microvm` stream, and a `microvm`, `pc-i440fx-7.2` or `pc-q35-7.2` stream becomes a
+//! `MachineState`, a RAM file laid out like snapvmm's RAM, and the firmware QEMU had mapped
+//! outside RAM. Nothing here writes snapvmm's boot structures: an imported guest gets exactly the
+//! memory and registers the stream carries.
+
+use std::fs::File;
+use std::io::{Read, Write};
+
+use kvm_bindings::kvm_cpuid_entry2;
+use qemu_migration::machine::ram_map::{
+    GuestMemory as StreamMemory, GuestRamSink, GuestRamSource, MemoryRegionState,
+};
+use qemu_migration::{
+    export_machine, import_machine, ExportError, ExportParts, ImportError, ImportOptions,
+    MachineType, RamAccessError, ReadLimits,
+};
+use thiserror::Error;
+
+use crate::arch::layout::ram_ranges;
+use crate::device_manager::{DeviceOptions, DeviceStates};
+use crate::machine_state::{DeviceLayout, MachineState, MachineStateError};
+use crate::memory::{MAX_MEM_BYTES, MIN_MEM_BYTES};
+
+/// Firmware outside RAM larger than this is refused (QEMU's BIOS images are 128-256 KiB).
+pub const MAX_FIRMWARE_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, Error)]
+pub enum QemuStreamError {
+    #[error("QEMU stream: {0}")]
+    Import(#[from] ImportError),
+    #[error("QEMU stream: {0}")]
+    Export(#[from] ExportError),
+    #[error("the stream's guest RAM ({0} bytes) is outside snapvmm's 16 MiB..64 GiB")]
+    RamSize(u64),
+    #[error("the stream's RAM layout {0:?} is not snapvmm's (low RAM up to 3 GiB, the rest at 4 GiB)")]
+    Layout(Vec<(u64, u64)>),
+    #[error("the imported machine is not valid for snapvmm: {0}")]
+    State(#[from] MachineStateError),
+    #[error("cannot create the RAM file for the imported guest: {0}")]
+    RamFile(std::io::Error),
+    #[error("cannot map the guest's memory: {0}")]
+    Map(std::io::Error),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("memory file has {found} bytes, the machine state says {expected}")]
+    MemoryLength { found: u64, expected: u64 },
+}
+
+/// A piece of firmware QEMU mapped outside guest RAM (pc/q35's BIOS just below 4 GiB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareImage {
+    pub guest_phys_addr: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A stream loaded into snapvmm's terms.
+#[derive(Debug)]
+pub struct ImportedStream {
+    pub machine: MachineType,
+    pub state: MachineState,
+    /// Guest RAM laid out as snapvmm's memory files are (low RAM, then the part above 4 GiB).
+    pub memory: File,
+    pub firmware: Vec<FirmwareImage>,
+    /// The source was running (QEMU's destination would start the guest at once).
+    pub running: bool,
+    /// Sections of devices snapvmm does not have, parsed and dropped (`idstr/instance`).
+    pub skipped_sections: Vec<String>,
+}
+
+/// Reads a QEMU stream from `input` (a pipe is fine). `cpuid` is the vCPU's CPU model: the stream
+/// does not carry one (QEMU takes it from `-cpu`).
+pub fn import_stream<R: Read>(
+    input: R,
+    cpuid: Vec<kvm_cpuid_entry2>,
+) -> Result<ImportedStream, QemuStreamError> {
+    let mut memory = ImportMemory::default();
+    let mut limits = ReadLimits::default();
+    limits.ram.max_total_bytes = MAX_MEM_BYTES + MAX_FIRMWARE_BYTES;
+    let options = ImportOptions {
+        cpuid,
+        host_monotonic_ns: monotonic_ns(),
+        limits,
+    };
+    let imported = {
+        let mut sink = GuestRamSink::new(&mut memory).with_zeroed_memory();
+        import_machine(input, &mut sink, &options)
+    };
+    let imported = match imported {
+        Ok(imported) => imported,
+        // The sink's own refusal names the real reason (size, layout); prefer it.
+        Err(error) => return Err(memory.failure.take().unwrap_or(error.into())),
+    };
+    let (Some(file), Some(map)) = (memory.file.take(), memory.map.take()) else {
+        return Err(QemuStreamError::RamSize(0));
+    };
+    drop(map);
+    let mut vcpus = imported.vcpus.into_iter();
+    let vcpu = vcpus.next().ok_or(QemuStreamError::RamSize(0))?;
+    let options = DeviceOptions::default();
+    let layout = DeviceLayout::of(&options);
+    let devices = DeviceStates {
+        serial: imported.serial.unwrap_or_default(),
+        cmos: imported.cmos.unwrap_or_default(),
+        ..power_on_devices(&options)
+    };
+    let state = MachineState {
+        mem_bytes: imported.ram_bytes,
+        device_layout: layout,
+        vcpu,
+        vm: imported.vm,
+        devices,
+    };
+    state.validate()?;
+    Ok(ImportedStream {
+        machine: imported.machine,
+        state,
+        memory: file,
+        firmware: memory.firmware,
+        running: imported.running,
+        skipped_sections: imported.skipped_sections,
+    })
+}
+
+/// The CPU model a booted snapvmm vCPU gets on this host (KVM's supported CPUID with snapvmm's
+/// patches): what an imported guest gets unless told otherwise.
+pub fn host_cpu_model() -> Result<Vec<kvm_cpuid_entry2>, crate::vm_setup::VmSetupError> {
+    use crate::vm_setup::VmSetupError;
+    let kvm = kvm_ioctls::Kvm::new().map_err(VmSetupError::OpenKvm)?;
+    let mut supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmSetupError::Kvm {
+            what: "GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    crate::arch::cpu::patch_cpuid(&mut supported, 0);
+    Ok(supported.as_slice().to_vec())
+}
+
+/// snapvmm's devices as at power-on, for those a QEMU stream has no state of.
+fn power_on_devices(options: &DeviceOptions) -> DeviceStates {
+    use devices::Persist;
+    DeviceStates {
+        serial: Default::default(),
+        i8042: devices::i8042::I8042Device::new().save(),
+        cmos: Default::default(),
+        acpi_pm: devices::acpi_pm::AcpiPmDevice::new().save(),
+        pci_bus: devices::pci::PciBus::new().save(),
+        snapshot_device: devices::snapshot_device::SnapshotDeviceState::power_on(
+            &options.snapshot_device,
+        ),
+    }
+}
+
+/// Host clocks at the moment a machine state was captured: KVM's PIT counts in
+/// CLOCK_MONOTONIC, QEMU's RTC in wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureClocks {
+    pub monotonic_ns: i64,
+    pub realtime_ns: i64,
+}
+
+impl CaptureClocks {
+    pub fn now() -> Self {
+        CaptureClocks {
+            monotonic_ns: monotonic_ns(),
+            realtime_ns: clock_ns(libc::CLOCK_REALTIME),
+        }
+    }
+
+    /// For a state captured at an unknown time (a snapshot on disk): the latest PIT load time
+    /// is the best lower bound of the capture's CLOCK_MONOTONIC, and the kvmclock's wall-clock
+    /// reading, when KVM gave one, is exact.
+    pub fn of_saved(state: &MachineState) -> Self {
+        let monotonic_ns = state
+            .vm
+            .pit
+            .channels
+            .iter()
+            .map(|c| c.count_load_time)
+            .max()
+            .unwrap_or(0);
+        let realtime_ns = if state.vm.clock.flags & kvm_bindings::KVM_CLOCK_REALTIME != 0 {
+            state.vm.clock.realtime as i64
+        } else {
+            clock_ns(libc::CLOCK_REALTIME)
+        };
+        CaptureClocks {
+            monotonic_ns,
+            realtime_ns,
+        }
+    }
+}
+
+/// Writes `state` with RAM `ram` (laid out as snapvmm's memory files: `state.mem_bytes` long)
+/// as a QEMU 7.2 `microvm` stream. `running`: QEMU starts the guest after loading it.
+pub fn export_stream<W: Write>(
+    state: &MachineState,
+    ram: &[u8],
+    clocks: CaptureClocks,
+    running: bool,
+    out: W,
+) -> Result<W, QemuStreamError> {
+    if ram.len() as u64 != state.mem_bytes {
+        return Err(QemuStreamError::MemoryLength {
+            found: ram.len() as u64,
+            expected: state.mem_bytes,
+        });
+    }
+    let mut offset = 0;
+    let slices: Vec<(u64, &[u8])> = ram_ranges(state.mem_bytes)
+        .iter()
+        .filter_map(|r| {
+            let slice = ram.get(offset as usize..(offset + r.len) as usize)?;
+            offset += r.len;
+            Some((r.start, slice))
+        })
+        .collect();
+    export_regions(state, &slices, clocks, running, out)
+}
+
+/// `export_stream` with RAM given as (guest-physical address, bytes) regions.
+pub fn export_regions<W: Write>(
+    state: &MachineState,
+    ram: &[(u64, &[u8])],
+    clocks: CaptureClocks,
+    running: bool,
+    out: W,
+) -> Result<W, QemuStreamError> {
+    let regions: Vec<MemoryRegionState> = ram
+        .iter()
+        .map(|(gpa, bytes)| MemoryRegionState {
+            guest_phys_addr: *gpa,
+            len: bytes.len() as u64,
+        })
+        .collect();
+    let mut memory = ExportMemory { ram };
+    let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory)
+        .map_err(|_| QemuStreamError::Layout(regions.iter().map(|r| (r.guest_phys_addr, r.len)).collect()))?;
+    let parts = ExportParts {
+        vcpus: std::slice::from_ref(&state.vcpu),
+        vm: &state.vm,
+        serial: Some(&state.devices.serial),
+        cmos: Some(&state.devices.cmos),
+        host_monotonic_ns: clocks.monotonic_ns,
+        host_realtime_ns: clocks.realtime_ns,
+        virtual_clock_ns: None,
+        running,
+    };
+    Ok(export_machine(&parts, &mut source, out)?)
+}
+
+/// Exports the snapshot directory `dir` (see `export_stream`).
+pub fn export_snapshot_dir<W: Write>(
+    dir: &std::path::Path,
+    running: bool,
+    out: W,
+) -> Result<W, QemuStreamError> {
+    let saved = crate::disk::read_snapshot(dir)?;
+    let map = ReadOnlyMap::new(&saved.memory, saved.state.mem_bytes)?;
+    Ok(export_stream(
+        &saved.state,
+        map.bytes(),
+        CaptureClocks::of_saved(&saved.state),
+        running,
+        out,
+    )?)
+}
+
+/// A file offset for each guest-physical address of snapvmm's layout.
+fn file_offset(mem_bytes: u64, gpa: u64, len: u64) -> Option<u64> {
+    let mut offset = 0;
+    for range in ram_ranges(mem_bytes) {
+        if gpa >= range.start && gpa.checked_add(len)? <= range.end() {
+            return Some(offset + (gpa - range.start));
+        }
+        offset += range.len;
+    }
+    None
+}
+
+/// Reads guest RAM for the stream writer.
+struct ExportMemory<'a> {
+    ram: &'a [(u64, &'a [u8])],
+}
+
+impl StreamMemory for ExportMemory<'_> {
+    fn prepare(
+        &mut self,
+        _ram: &[MemoryRegionState],
+        _firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError> {
+        Err(RamAccessError("export memory is read-only".into()))
+    }
+    fn write(&mut self, _gpa: u64, _data: &[u8]) -> Result<(), RamAccessError> {
+        Err(RamAccessError("export memory is read-only".into()))
+    }
+    fn fill(&mut self, _gpa: u64, _len: usize, _byte: u8) -> Result<(), RamAccessError> {
+        Err(RamAccessError("export memory is read-only".into()))
+    }
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError> {
+        let source = self
+            .ram
+            .iter()
+            .find_map(|(start, bytes)| {
+                let offset = usize::try_from(gpa.checked_sub(*start)?).ok()?;
+                bytes.get(offset..offset.checked_add(buf.len())?)
+            })
+            .ok_or_else(|| RamAccessError(format!("{gpa:#x} is not guest RAM")))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+}
+
+/// Where an imported stream's pages go: a memfd laid out as snapvmm's RAM (created when the
+/// stream's block list says how large), and firmware outside RAM kept aside.
+#[derive(Default)]
+struct ImportMemory {
+    file: Option<File>,
+    map: Option<WritableMap>,
+    mem_bytes: u64,
+    firmware: Vec<FirmwareImage>,
+    failure: Option<QemuStreamError>,
+}
+
+impl ImportMemory {
+    fn refuse(&mut self, error: QemuStreamError) -> RamAccessError {
+        let access = RamAccessError(error.to_string());
+        self.failure = Some(error);
+        access
+    }
+
+    fn firmware_at(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]> {
+        self.firmware.iter_mut().find_map(|fw| {
+            let start = gpa.checked_sub(fw.guest_phys_addr)? as usize;
+            fw.bytes.get_mut(start..start.checked_add(len)?)
+        })
+    }
+
+    fn target(&mut self, gpa: u64, len: usize) -> Result<&mut [u8], RamAccessError> {
+        match file_offset(self.mem_bytes, gpa, len as u64) {
+            Some(offset) => self
+                .map
+                .as_mut()
+                .and_then(|map| map.bytes_mut().get_mut(offset as usize..offset as usize + len))
+                .ok_or_else(|| RamAccessError(format!("{gpa:#x} is past guest RAM"))),
+            None => self
+                .firmware_at(gpa, len)
+                .ok_or_else(|| RamAccessError(format!("{gpa:#x} is neither RAM nor firmware"))),
+        }
+    }
+}
+
+impl StreamMemory for ImportMemory {
+    fn prepare(
+        &mut self,
+        ram: &[MemoryRegionState],
+        firmware: &[MemoryRegionState],
+    ) -> Result<(), RamAccessError> {
+        let mem_bytes: u64 = ram.iter().map(|r| r.len).sum();
+        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&mem_bytes) || mem_bytes % 4096 != 0 {
+            return Err(self.refuse(QemuStreamError::RamSize(mem_bytes)));
+        }
+        let ours: Vec<(u64, u64)> = ram_ranges(mem_bytes)
+            .iter()
+            .map(|r| (r.start, r.len))
+            .collect();
+        let theirs: Vec<(u64, u64)> = ram.iter().map(|r| (r.guest_phys_addr, r.len)).collect();
+        if ours != theirs {
+            return Err(self.refuse(QemuStreamError::Layout(theirs)));
+        }
+        let firmware_bytes: u64 = firmware.iter().map(|f| f.len).sum();
+        if firmware_bytes > MAX_FIRMWARE_BYTES {
+            return Err(self.refuse(QemuStreamError::RamSize(firmware_bytes)));
+        }
+        let file = match create_ram_file(mem_bytes) {
+            Ok(file) => file,
+            Err(error) => return Err(self.refuse(QemuStreamError::RamFile(error))),
+        };
+        let map = match WritableMap::new(&file, mem_bytes) {
+            Ok(map) => map,
+            Err(error) => return Err(self.refuse(QemuStreamError::Map(error))),
+        };
+        self.file = Some(file);
+        self.map = Some(map);
+        self.mem_bytes = mem_bytes;
+        self.firmware = firmware
+            .iter()
+            .map(|f| FirmwareImage {
+                guest_phys_addr: f.guest_phys_addr,
+                bytes: vec![0; f.len as usize],
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError> {
+        self.target(gpa, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError> {
+        self.target(gpa, len)?.fill(byte);
+        Ok(())
+    }
+
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError> {
+        buf.copy_from_slice(self.target(gpa, buf.len())?);
+        Ok(())
+    }
+}
+
+fn create_ram_file(bytes: u64) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a valid NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"snapvmm-imported-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(bytes)?;
+    Ok(file)
+}
+
+/// A shared writable mapping of a whole file.
+struct WritableMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl WritableMap {
+    fn new(file: &File, len: u64) -> std::io::Result<Self> {
+        let ptr = map_file(file, len, libc::PROT_READ | libc::PROT_WRITE)?;
+        Ok(WritableMap {
+            ptr,
+            len: len as usize,
+        })
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live mapping of `len` bytes owned by `self`; `&mut self` makes this
+        // the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for WritableMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping `new` made; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A private read-only mapping of a memory file (a snapshot's), for export.
+pub struct ReadOnlyMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl ReadOnlyMap {
+    pub fn new(file: &File, len: u64) -> Result<Self, QemuStreamError> {
+        let found = file.metadata().map_err(QemuStreamError::Map)?.len();
+        if found != len {
+            return Err(QemuStreamError::MemoryLength {
+                found,
+                expected: len,
+            });
+        }
+        let ptr = map_file(file, len, libc::PROT_READ).map_err(QemuStreamError::Map)?;
+        Ok(ReadOnlyMap {
+            ptr,
+            len: len as usize,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: a live read-only mapping of `len` bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ReadOnlyMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping `new` made; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn map_file(file: &File, len: u64, prot: libc::c_int) -> std::io::Result<*mut u8> {
+    use std::os::fd::AsRawFd;
+    let len = usize::try_from(len).map_err(|_| std::io::Error::other("mapping too large"))?;
+    let flags = if prot & libc::PROT_WRITE != 0 {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    // SAFETY: a fresh mapping of `len` bytes of an open file, chosen by the kernel; the result is
+    // checked against MAP_FAILED.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            flags | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec * 1_000_000_000 + now.tv_nsec
+}
+
+fn monotonic_ns() -> i64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_offsets_follow_the_hole() {
+        let mem = (3u64 << 30) + (1 << 30);
+        assert_eq!(file_offset(mem, 0x1000, 4096), Some(0x1000));
+        assert_eq!(file_offset(mem, 1 << 32, 4096), Some(3 << 30));
+        assert_eq!(file_offset(mem, 0xC000_0000, 4096), None);
+        assert_eq!(file_offset(mem, (1 << 32) + (1 << 30), 1), None);
+        assert_eq!(file_offset(64 << 20, u64::MAX, 2), None);
+    }
+}
