@@ -113,9 +113,9 @@ fn import(args: &ImportArgs) -> anyhow::Result<()> {
 
 /// Loads a stream with this host's CPU model for the vCPU.
 fn load<R: Read>(input: R) -> anyhow::Result<ImportedStream> {
-    let cpuid = qemu_stream::host_cpu_model()?;
+    let model = qemu_stream::HostVcpuModel::probe()?;
     let imported =
-        qemu_stream::import_stream(BufReader::with_capacity(STREAM_BUFFER, input), cpuid)?;
+        qemu_stream::import_stream(BufReader::with_capacity(STREAM_BUFFER, input), &model)?;
     if !imported.skipped_sections.is_empty() {
         tracing::info!(sections = ?imported.skipped_sections, "devices snapvmm does not have");
     }

@@ -23,6 +23,9 @@ use crate::device_manager::{DeviceOptions, DeviceStates};
 use crate::machine_state::{DeviceLayout, MachineState, MachineStateError};
 use crate::memory::{MAX_MEM_BYTES, MIN_MEM_BYTES};
 
+const MSR_MCG_CAP: u32 = 0x179;
+const MSR_MCG_CTL: u32 = 0x17b;
+
 /// Firmware outside RAM larger than this is refused (QEMU's BIOS images are 128-256 KiB).
 pub const MAX_FIRMWARE_BYTES: u64 = 16 << 20;
 
@@ -69,17 +72,16 @@ pub struct ImportedStream {
     pub skipped_sections: Vec<String>,
 }
 
-/// Reads a QEMU stream from `input` (a pipe is fine). `cpuid` is the vCPU's CPU model: the stream
-/// does not carry one (QEMU takes it from `-cpu`).
+/// Reads a QEMU stream from `input` (a pipe is fine); the vCPU gets `model`.
 pub fn import_stream<R: Read>(
     input: R,
-    cpuid: Vec<kvm_cpuid_entry2>,
+    model: &HostVcpuModel,
 ) -> Result<ImportedStream, QemuStreamError> {
     let mut memory = ImportMemory::default();
     let mut limits = ReadLimits::default();
     limits.ram.max_total_bytes = MAX_MEM_BYTES + MAX_FIRMWARE_BYTES;
     let options = ImportOptions {
-        cpuid,
+        cpuid: model.cpuid.clone(),
         host_monotonic_ns: monotonic_ns(),
         limits,
     };
@@ -97,7 +99,14 @@ pub fn import_stream<R: Read>(
     };
     drop(map);
     let mut vcpus = imported.vcpus.into_iter();
-    let vcpu = vcpus.next().ok_or(QemuStreamError::RamSize(0))?;
+    let mut vcpu = vcpus.next().ok_or(QemuStreamError::RamSize(0))?;
+    // MSRs this KVM does not have (QEMU's list is its CPU model's) cannot be restored here.
+    vcpu.msrs.retain(|m| model.msr_indices.contains(&m.index));
+    // MCG_CTL is writable only with the machine-check banks QEMU sets up (KVM_X86_SETUP_MCE,
+    // MCG_CAP); snapvmm's vCPU has none, so the guest's machine-check state stays behind.
+    if !vcpu.msrs.iter().any(|m| m.index == MSR_MCG_CAP) {
+        vcpu.msrs.retain(|m| m.index != MSR_MCG_CTL);
+    }
     let options = DeviceOptions::default();
     let layout = DeviceLayout::of(&options);
     let devices = DeviceStates {
@@ -123,19 +132,34 @@ pub fn import_stream<R: Read>(
     })
 }
 
-/// The CPU model a booted snapvmm vCPU gets on this host (KVM's supported CPUID with snapvmm's
-/// patches): what an imported guest gets unless told otherwise.
-pub fn host_cpu_model() -> Result<Vec<kvm_cpuid_entry2>, crate::vm_setup::VmSetupError> {
-    use crate::vm_setup::VmSetupError;
-    let kvm = kvm_ioctls::Kvm::new().map_err(VmSetupError::OpenKvm)?;
-    let mut supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| VmSetupError::Kvm {
-            what: "GET_SUPPORTED_CPUID",
-            source,
-        })?;
-    crate::arch::cpu::patch_cpuid(&mut supported, 0);
-    Ok(supported.as_slice().to_vec())
+/// What a booted snapvmm vCPU is on this host: its CPU model (KVM's supported CPUID with
+/// snapvmm's patches, as the vCPU reports it back) and the MSRs snapvmm saves that this KVM can
+/// read and write. An imported guest gets that model (the stream has none: QEMU takes it from
+/// `-cpu`), and its MSRs are cut to that set.
+#[derive(Debug, Clone)]
+pub struct HostVcpuModel {
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub msr_indices: Vec<u32>,
+}
+
+impl HostVcpuModel {
+    /// Asks a throw-away VM's vCPU.
+    pub fn probe() -> Result<Self, crate::MachineError> {
+        use crate::vm_setup::VmSetupError;
+        let kvm = kvm_ioctls::Kvm::new().map_err(VmSetupError::OpenKvm)?;
+        let kvm_err = |what: &'static str| move |source| VmSetupError::Kvm { what, source };
+        let vm_fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
+        let vcpu = crate::vm_setup::create_vcpu(&kvm, &vm_fd, crate::vm_setup::CpuModel::Host)?;
+        let cpuid = vcpu
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("GET_CPUID2"))?;
+        let layout = crate::vstate::VcpuStateLayout::probe(&kvm, &vm_fd, &vcpu)
+            .map_err(crate::engine::EngineError::from)?;
+        Ok(HostVcpuModel {
+            cpuid: cpuid.as_slice().to_vec(),
+            msr_indices: layout.msr_indices,
+        })
+    }
 }
 
 /// snapvmm's devices as at power-on, for those a QEMU stream has no state of.
