@@ -59,8 +59,8 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     }
     // Written next to OUT and renamed, so a failed export leaves no partial stream behind.
     let partial = partial_path(&args.out);
-    let file = File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let file =
+        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let result = qemu_stream::export_snapshot_dir(
         &args.dir,
         !args.paused,
@@ -179,7 +179,9 @@ pub fn incoming(
                 let _ = child.kill();
             }
             // The pipe is closed by now: a command with more to write ends (SIGPIPE).
-            let status = child.wait().context("cannot wait for the incoming command")?;
+            let status = child
+                .wait()
+                .context("cannot wait for the incoming command")?;
             let imported = result?;
             if !status.success() {
                 eprintln!("snapvmm: note: incoming command {command:?} ended with {status}");

@@ -58,7 +58,10 @@ impl FromStr for QmpSpec {
             .strip_prefix("unix:")
             .ok_or_else(|| format!("{s:?}: only unix:PATH sockets are supported"))?;
         let mut parts = rest.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or("unix: needs a path")?;
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("unix: needs a path")?;
         let mut wait = true;
         for option in parts {
             match option {
@@ -106,7 +109,10 @@ impl RunState {
 
 pub enum VmReply {
     /// Done; the run state before and after.
-    State { before: RunState, after: RunState },
+    State {
+        before: RunState,
+        after: RunState,
+    },
     Migrated(Result<(), String>),
 }
 
@@ -234,17 +240,12 @@ impl Server {
 
 /// Binds the socket and starts the server thread. Call before the vCPU thread installs its
 /// seccomp filter: the server thread (and the `exec:` commands it starts) must stay unfiltered.
-pub fn start(
-    spec: &QmpSpec,
-    control: VmControl,
-    initial: RunState,
-) -> anyhow::Result<QmpLink> {
+pub fn start(spec: &QmpSpec, control: VmControl, initial: RunState) -> anyhow::Result<QmpLink> {
     if std::fs::symlink_metadata(&spec.path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&spec.path);
     }
-    let listener = UnixListener::bind(&spec.path).map_err(|e| {
-        anyhow::anyhow!("cannot listen on QMP socket {}: {e}", spec.path.display())
-    })?;
+    let listener = UnixListener::bind(&spec.path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on QMP socket {}: {e}", spec.path.display()))?;
     let (requests_tx, requests_rx) = mpsc::channel();
     let (connected_tx, connected_rx) = mpsc::channel();
     let (quit_tx, quit_rx) = mpsc::channel();
@@ -344,7 +345,10 @@ fn serve_connection(server: &Server, stream: UnixStream) -> Connection {
         if command == "quit" && negotiated {
             let _ = send(
                 &mut writer,
-                &event("SHUTDOWN", json!({"guest": false, "reason": "host-qmp-quit"})),
+                &event(
+                    "SHUTDOWN",
+                    json!({"guest": false, "reason": "host-qmp-quit"}),
+                ),
             );
             return Connection::Quit;
         }
@@ -468,7 +472,9 @@ fn migrate(server: &Server, uri: &StreamUri) -> Result<(), String> {
             let status = child.wait().map_err(|e| e.to_string())?;
             result?;
             if !status.success() {
-                return Err(format!("the migration command {command:?} failed ({status})"));
+                return Err(format!(
+                    "the migration command {command:?} failed ({status})"
+                ));
             }
             Ok(())
         }

@@ -226,7 +226,8 @@ impl Machine {
             .map(|(guest_addr, len, host_addr)| {
                 // SAFETY: each slot is a live mapping of `len` bytes of guest RAM owned by
                 // `self.ram`; the vCPU does not run while `&mut self` is held.
-                let bytes = unsafe { std::slice::from_raw_parts(host_addr as *const u8, len as usize) };
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(host_addr as *const u8, len as usize) };
                 (guest_addr, bytes)
             })
             .collect();

@@ -37,7 +37,9 @@ pub enum QemuStreamError {
     Export(#[from] ExportError),
     #[error("the stream's guest RAM ({0} bytes) is outside snapvmm's 16 MiB..64 GiB")]
     RamSize(u64),
-    #[error("the stream's RAM layout {0:?} is not snapvmm's (low RAM up to 3 GiB, the rest at 4 GiB)")]
+    #[error(
+        "the stream's RAM layout {0:?} is not snapvmm's (low RAM up to 3 GiB, the rest at 4 GiB)"
+    )]
     Layout(Vec<(u64, u64)>),
     #[error("the imported machine is not valid for snapvmm: {0}")]
     State(#[from] MachineStateError),
@@ -260,8 +262,10 @@ pub fn export_regions<W: Write>(
         })
         .collect();
     let mut memory = ExportMemory { ram };
-    let mut source = GuestRamSource::new(MachineType::Microvm, &regions, &mut memory)
-        .map_err(|_| QemuStreamError::Layout(regions.iter().map(|r| (r.guest_phys_addr, r.len)).collect()))?;
+    let mut source =
+        GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).map_err(|_| {
+            QemuStreamError::Layout(regions.iter().map(|r| (r.guest_phys_addr, r.len)).collect())
+        })?;
     let parts = ExportParts {
         vcpus: std::slice::from_ref(&state.vcpu),
         vm: &state.vm,
@@ -367,7 +371,10 @@ impl ImportMemory {
             Some(offset) => self
                 .map
                 .as_mut()
-                .and_then(|map| map.bytes_mut().get_mut(offset as usize..offset as usize + len))
+                .and_then(|map| {
+                    map.bytes_mut()
+                        .get_mut(offset as usize..offset as usize + len)
+                })
                 .ok_or_else(|| RamAccessError(format!("{gpa:#x} is past guest RAM"))),
             None => self
                 .firmware_at(gpa, len)
