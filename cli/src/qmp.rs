@@ -350,6 +350,7 @@ fn serve_connection(server: &Server, stream: UnixStream) -> Connection {
                     json!({"guest": false, "reason": "host-qmp-quit"}),
                 ),
             );
+            linger(&mut writer);
             return Connection::Quit;
         }
     }
@@ -486,6 +487,15 @@ fn written(reply: VmReply) -> Result<(), String> {
         VmReply::Migrated(result) => result,
         VmReply::State { .. } => Err("unexpected answer".into()),
     }
+}
+
+/// After `quit`: lets the client hang up first (as it does with QEMU, whose exit takes a while),
+/// for at most a second; clients treat a server that hangs up first as an error.
+fn linger(stream: &mut UnixStream) {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buffer = [0u8; 256];
+    while stream.read(&mut buffer).is_ok_and(|n| n > 0) {}
 }
 
 fn send(writer: &mut UnixStream, message: &Value) -> std::io::Result<()> {
