@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 
 use kvm_bindings::kvm_cpuid_entry2;
 use qemu_migration::machine::ram_map::{
@@ -96,10 +97,9 @@ pub fn import_stream<R: Read>(
         // The sink's own refusal names the real reason (size, layout); prefer it.
         Err(error) => return Err(memory.failure.take().unwrap_or(error.into())),
     };
-    let (Some(file), Some(map)) = (memory.file.take(), memory.map.take()) else {
+    let Some(file) = memory.file.take() else {
         return Err(QemuStreamError::RamSize(0));
     };
-    drop(map);
     let mut vcpus = imported.vcpus.into_iter();
     let mut vcpu = vcpus.next().ok_or(QemuStreamError::RamSize(0))?;
     // MSRs this KVM does not have (QEMU's list is its CPU model's) cannot be restored here.
@@ -346,7 +346,6 @@ impl StreamMemory for ExportMemory<'_> {
 #[derive(Default)]
 struct ImportMemory {
     file: Option<File>,
-    map: Option<WritableMap>,
     mem_bytes: u64,
     firmware: Vec<FirmwareImage>,
     failure: Option<QemuStreamError>,
@@ -359,28 +358,31 @@ impl ImportMemory {
         access
     }
 
-    fn firmware_at(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]> {
-        self.firmware.iter_mut().find_map(|fw| {
-            let start = gpa.checked_sub(fw.guest_phys_addr)? as usize;
-            fw.bytes.get_mut(start..start.checked_add(len)?)
-        })
-    }
-
-    fn target(&mut self, gpa: u64, len: usize) -> Result<&mut [u8], RamAccessError> {
-        match file_offset(self.mem_bytes, gpa, len as u64) {
-            Some(offset) => self
-                .map
-                .as_mut()
-                .and_then(|map| {
-                    map.bytes_mut()
-                        .get_mut(offset as usize..offset as usize + len)
-                })
-                .ok_or_else(|| RamAccessError(format!("{gpa:#x} is past guest RAM"))),
-            None => self
-                .firmware_at(gpa, len)
-                .ok_or_else(|| RamAccessError(format!("{gpa:#x} is neither RAM nor firmware"))),
+    /// Where `len` bytes at `gpa` go: the RAM file's offset, or a firmware image.
+    fn target(&mut self, gpa: u64, len: usize) -> Result<Target<'_>, RamAccessError> {
+        let ImportMemory {
+            file,
+            firmware,
+            mem_bytes,
+            ..
+        } = self;
+        if let (Some(offset), Some(file)) = (file_offset(*mem_bytes, gpa, len as u64), file) {
+            return Ok(Target::Ram(file, offset));
         }
+        firmware
+            .iter_mut()
+            .find_map(|fw| {
+                let start = gpa.checked_sub(fw.guest_phys_addr)? as usize;
+                fw.bytes.get_mut(start..start.checked_add(len)?)
+            })
+            .map(Target::Firmware)
+            .ok_or_else(|| RamAccessError(format!("{gpa:#x} is neither RAM nor firmware")))
     }
+}
+
+enum Target<'a> {
+    Ram(&'a File, u64),
+    Firmware(&'a mut [u8]),
 }
 
 impl StreamMemory for ImportMemory {
@@ -409,12 +411,7 @@ impl StreamMemory for ImportMemory {
             Ok(file) => file,
             Err(error) => return Err(self.refuse(QemuStreamError::RamFile(error))),
         };
-        let map = match WritableMap::new(&file, mem_bytes) {
-            Ok(map) => map,
-            Err(error) => return Err(self.refuse(QemuStreamError::Map(error))),
-        };
         self.file = Some(file);
-        self.map = Some(map);
         self.mem_bytes = mem_bytes;
         self.firmware = firmware
             .iter()
@@ -426,19 +423,41 @@ impl StreamMemory for ImportMemory {
         Ok(())
     }
 
+    // RAM goes in with pwrite, not through a mapping: a page written into a memfd costs no page
+    // fault and no zeroing of the page first.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError> {
-        self.target(gpa, data.len())?.copy_from_slice(data);
-        Ok(())
+        match self.target(gpa, data.len())? {
+            Target::Ram(file, offset) => file
+                .write_all_at(data, offset)
+                .map_err(|e| RamAccessError(format!("writing guest RAM at {gpa:#x}: {e}"))),
+            Target::Firmware(bytes) => {
+                bytes.copy_from_slice(data);
+                Ok(())
+            }
+        }
     }
 
     fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError> {
-        self.target(gpa, len)?.fill(byte);
+        let page = [byte; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(page.len());
+            self.write(gpa + done as u64, page.get(..n).unwrap_or_default())?;
+            done += n;
+        }
         Ok(())
     }
 
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError> {
-        buf.copy_from_slice(self.target(gpa, buf.len())?);
-        Ok(())
+        match self.target(gpa, buf.len())? {
+            Target::Ram(file, offset) => file
+                .read_exact_at(buf, offset)
+                .map_err(|e| RamAccessError(format!("reading guest RAM at {gpa:#x}: {e}"))),
+            Target::Firmware(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -453,35 +472,6 @@ fn create_ram_file(bytes: u64) -> std::io::Result<File> {
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(bytes)?;
     Ok(file)
-}
-
-/// A shared writable mapping of a whole file.
-struct WritableMap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl WritableMap {
-    fn new(file: &File, len: u64) -> std::io::Result<Self> {
-        let ptr = map_file(file, len, libc::PROT_READ | libc::PROT_WRITE)?;
-        Ok(WritableMap {
-            ptr,
-            len: len as usize,
-        })
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` is a live mapping of `len` bytes owned by `self`; `&mut self` makes this
-        // the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for WritableMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping `new` made; no slice of it outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 /// A private read-only mapping of a memory file (a snapshot's), for export.
@@ -522,11 +512,7 @@ impl Drop for ReadOnlyMap {
 fn map_file(file: &File, len: u64, prot: libc::c_int) -> std::io::Result<*mut u8> {
     use std::os::fd::AsRawFd;
     let len = usize::try_from(len).map_err(|_| std::io::Error::other("mapping too large"))?;
-    let flags = if prot & libc::PROT_WRITE != 0 {
-        libc::MAP_SHARED
-    } else {
-        libc::MAP_PRIVATE
-    };
+    let flags = libc::MAP_PRIVATE;
     // SAFETY: a fresh mapping of `len` bytes of an open file, chosen by the kernel; the result is
     // checked against MAP_FAILED.
     let ptr = unsafe {
