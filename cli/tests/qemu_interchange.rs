@@ -659,6 +659,18 @@ fn damaged_streams_are_one_line_errors() {
     }
 }
 
+/// Kills a VMM a failed assertion left running.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn run_with_backtrace(args: &[&str]) -> Outcome {
     let start = Instant::now();
     let output = Command::new(SNAPVMM)
@@ -684,7 +696,7 @@ fn qmp_server_protocol() {
     let socket = dir.path().join("raw.sock");
     let kernel = guest("counter-tss");
     let serial = dir.path().join("raw.serial");
-    let mut child = Command::new(SNAPVMM)
+    let child = Command::new(SNAPVMM)
         .args([
             "run",
             "--kernel",
@@ -704,6 +716,7 @@ fn qmp_server_protocol() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(Some(child));
     let mut qmp = Qmp::connect(&socket);
     let early = qmp.request("query-status", json!({}));
     assert_eq!(early["error"]["class"], "CommandNotFound", "{early}");
@@ -745,7 +758,7 @@ fn qmp_server_protocol() {
         "cont after migrate did not run the guest"
     );
     qmp.quit();
-    let output = child.wait_with_output().unwrap();
+    let output = child.0.take().unwrap().wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stderr).contains("quit (QMP)"));
     // The stream loads (saved running: snapvmm runs it).

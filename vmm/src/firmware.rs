@@ -40,12 +40,12 @@ impl FirmwareMapping {
     /// never over the LAPIC page.
     pub fn map(vm_fd: &VmFd, index: usize, gpa: u64, bytes: &[u8]) -> Result<Self, FirmwareError> {
         let len = bytes.len() as u64;
-        let end = gpa.checked_add(len).unwrap_or(u64::MAX);
+        let end = gpa.saturating_add(len);
         let window = KVM_TSS_ADDR + 3 * 4096..=HIGH_RAM_START;
         let overlaps_lapic = gpa < LAPIC_ADDR + 4096 && end > LAPIC_ADDR;
         if len == 0
-            || gpa % 4096 != 0
-            || len % 4096 != 0
+            || !gpa.is_multiple_of(4096)
+            || !len.is_multiple_of(4096)
             || !window.contains(&gpa)
             || !window.contains(&end)
             || overlaps_lapic

@@ -287,13 +287,13 @@ pub fn export_snapshot_dir<W: Write>(
 ) -> Result<W, QemuStreamError> {
     let saved = crate::disk::read_snapshot(dir)?;
     let map = ReadOnlyMap::new(&saved.memory, saved.state.mem_bytes)?;
-    Ok(export_stream(
+    export_stream(
         &saved.state,
         map.bytes(),
         CaptureClocks::of_saved(&saved.state),
         running,
         out,
-    )?)
+    )
 }
 
 /// A file offset for each guest-physical address of snapvmm's layout.
@@ -392,7 +392,8 @@ impl StreamMemory for ImportMemory {
         firmware: &[MemoryRegionState],
     ) -> Result<(), RamAccessError> {
         let mem_bytes: u64 = ram.iter().map(|r| r.len).sum();
-        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&mem_bytes) || mem_bytes % 4096 != 0 {
+        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&mem_bytes) || !mem_bytes.is_multiple_of(4096)
+        {
             return Err(self.refuse(QemuStreamError::RamSize(mem_bytes)));
         }
         let ours: Vec<(u64, u64)> = ram_ranges(mem_bytes)
