@@ -521,7 +521,7 @@ fn map_file(file: &File, len: u64, prot: libc::c_int) -> std::io::Result<*mut u8
             std::ptr::null_mut(),
             len,
             prot,
-            flags | libc::MAP_NORESERVE,
+            flags | libc::MAP_NORESERVE | libc::MAP_POPULATE,
             file.as_raw_fd(),
             0,
         )
