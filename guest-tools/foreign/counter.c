@@ -15,6 +15,8 @@
  *             difference prints `counter: fill BAD at ADDR` and exits 4
  *   save=K    with snapvmm's snapshot device: SAVE right after line K, then print
  *             `counter: after save K` (the first thing a resumed snapshot prints)
+ *   peek=1    after each count line, `peek 0x...`: the 8 bytes at 0xFFFFFFF0 (the reset vector
+ *             in the firmware QEMU's pc/q35 map below 4 GiB; all ones where nothing is mapped)
  * Exit codes: 0 ticks done; 2 the fill range is not RAM; 4 the fill pattern changed; 7 the
  * snapshot device is unusable.
  */
@@ -65,6 +67,7 @@ NORETURN void foreign_main(const struct hvm_start_info *info)
     uint64_t ticks = option(cmdline, "ticks", 0);
     uint64_t fill_mib = option(cmdline, "fill", 0);
     uint64_t save_at = option(cmdline, "save", 0);
+    uint64_t peek = option(cmdline, "peek", 0);
     if (fill_mib > FILL_MAX_MIB)
         fill_mib = FILL_MAX_MIB;
     uint64_t fill_bytes = fill_mib << 20;
@@ -97,6 +100,11 @@ NORETURN void foreign_main(const struct hvm_start_info *info)
         serial_puts("count ");
         serial_put_dec(n);
         serial_puts("\n");
+        if (peek) {
+            serial_puts("peek ");
+            serial_put_hex(*(volatile uint64_t *)(uintptr_t)0xfffffff0ull);
+            serial_puts("\n");
+        }
         if (have_device && n == save_at) {
             snap_command(&device, SNAP_CMD_SAVE);
             serial_puts("counter: after save ");

@@ -100,6 +100,14 @@ pub fn import_stream<R: Read>(
     let Some(file) = memory.file.take() else {
         return Err(QemuStreamError::RamSize(0));
     };
+    let mut firmware = std::mem::take(&mut memory.firmware);
+    if imported.machine == MachineType::Microvm {
+        firmware.extend(microvm_high_bios(
+            &imported.ram_blocks,
+            &file,
+            imported.ram_bytes,
+        ));
+    }
     let mut vcpus = imported.vcpus.into_iter();
     let mut vcpu = vcpus.next().ok_or(QemuStreamError::RamSize(0))?;
     // MSRs this KVM does not have (QEMU's list is its CPU model's) cannot be restored here.
@@ -128,7 +136,7 @@ pub fn import_stream<R: Read>(
         machine: imported.machine,
         state,
         memory: file,
-        firmware: memory.firmware,
+        firmware,
         running: imported.running,
         skipped_sections: imported.skipped_sections,
     })
@@ -162,6 +170,28 @@ impl HostVcpuModel {
             msr_indices: layout.msr_indices,
         })
     }
+}
+
+/// microvm shows its BIOS (qboot) twice: at 1 MiB - size over RAM (the stream's pages went
+/// there) and at 4 GiB - size, where the CPU's reset vector is. The second copy is read back
+/// from RAM; a BIOS block larger than the firmware cap or not in RAM gives none.
+fn microvm_high_bios(
+    blocks: &[qemu_migration::RamBlock],
+    ram: &File,
+    ram_bytes: u64,
+) -> Option<FirmwareImage> {
+    const FIRST_MIB: u64 = 1 << 20;
+    let size = blocks.iter().find(|b| b.name == "pc.bios")?.used_length;
+    if size == 0 || size > FIRST_MIB / 2 || size > MAX_FIRMWARE_BYTES {
+        return None;
+    }
+    let offset = file_offset(ram_bytes, FIRST_MIB - size, size)?;
+    let mut bytes = vec![0; size as usize];
+    ram.read_exact_at(&mut bytes, offset).ok()?;
+    Some(FirmwareImage {
+        guest_phys_addr: (1 << 32) - size,
+        bytes,
+    })
 }
 
 /// snapvmm's devices as at power-on, for those a QEMU stream has no state of.
