@@ -589,4 +589,50 @@ mod tests {
         assert_eq!(file_offset(mem, (1 << 32) + (1 << 30), 1), None);
         assert_eq!(file_offset(64 << 20, u64::MAX, 2), None);
     }
+
+    fn region(guest_phys_addr: u64, len: u64) -> MemoryRegionState {
+        MemoryRegionState {
+            guest_phys_addr,
+            len,
+        }
+    }
+
+    #[test]
+    fn import_memory_refuses_what_snapvmm_cannot_lay_out() {
+        // pc with 3.25 GiB keeps it all below 4 GiB; snapvmm splits at 3 GiB.
+        let mut memory = ImportMemory::default();
+        assert!(memory.prepare(&[region(0, 0xD000_0000)], &[]).is_err());
+        assert!(matches!(memory.failure, Some(QemuStreamError::Layout(_))));
+        let mut memory = ImportMemory::default();
+        assert!(memory.prepare(&[region(0, 8 << 20)], &[]).is_err());
+        assert!(matches!(memory.failure, Some(QemuStreamError::RamSize(_))));
+        let mut memory = ImportMemory::default();
+        let firmware = [region(0xFF00_0000, MAX_FIRMWARE_BYTES + 4096)];
+        assert!(memory.prepare(&[region(0, 16 << 20)], &firmware).is_err());
+        assert!(memory.file.is_none());
+    }
+
+    #[test]
+    fn import_memory_puts_pages_in_the_file_and_firmware_aside() {
+        let mut memory = ImportMemory::default();
+        let bios = region(0xFFFC_0000, 0x4_0000);
+        memory.prepare(&[region(0, 16 << 20)], &[bios]).unwrap();
+        memory.write(0x5000, &[7; 4096]).unwrap();
+        memory.fill(0x6000, 4096, 9).unwrap();
+        memory.write(0xFFFF_F000, &[1; 4096]).unwrap();
+        assert!(memory.write(0x100_0000, &[0; 4096]).is_err(), "past RAM");
+        assert!(
+            memory.write(0xC000_0000, &[0; 4096]).is_err(),
+            "in the hole"
+        );
+        let mut page = [0u8; 4096];
+        memory.read(0x6000, &mut page).unwrap();
+        assert_eq!(page, [9; 4096]);
+        let file = memory.file.as_ref().unwrap();
+        let mut word = [0u8; 2];
+        file.read_exact_at(&mut word, 0x5ffe).unwrap();
+        assert_eq!(word, [7, 7]);
+        assert_eq!(file.metadata().unwrap().len(), 16 << 20);
+        assert_eq!(memory.firmware[0].bytes[0x3_f000..], [1; 4096]);
+    }
 }
