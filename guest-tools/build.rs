@@ -14,6 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "libfuzzer/kit.rs"]
+mod libfuzzer_kit;
+
 const KERNEL_SOURCES: &[&str] = &[
     "entry.S",
     "main.c",
@@ -170,6 +173,7 @@ fn build() -> BuildResult<()> {
         "include",
         "guests",
         "fuzz-targets",
+        "libfuzzer",
         "foreign",
         "linux-programs",
         "pvh-hello",
@@ -218,6 +222,7 @@ fn build() -> BuildResult<()> {
         )?;
         link_runtime_guest(&paths, &runtime, &target, &object, &mut built)?;
     }
+    libfuzzer_kit::build(&paths, &clang, &runtime)?;
     build_foreign_guests(&paths, &runtime.libgcc, &mut built)?;
     let native_harnesses = build_native_harnesses(&paths)?;
 

@@ -86,6 +86,10 @@ pub struct FuzzArgs {
     /// How RESTORE puts RAM back between runs.
     #[arg(long, value_enum, default_value = "dirty")]
     restore: RestoreArg,
+    /// Check the VMM while fuzzing: after every Nth restore compare RAM, vCPU and device state
+    /// with the snapshot; a difference stops the fuzzer (status 71). Slow: a RAM compare each.
+    #[arg(long, value_name = "N")]
+    verify_every: Option<u64>,
     /// Stop after the first crash, print its file and the `snapvmm repro` command.
     #[arg(long)]
     stop_on_crash: bool,
@@ -192,7 +196,12 @@ impl TargetArgs {
     }
 
     /// Boots the target to its snapshot point.
-    fn boot(&self, serial: SerialOutput, restore: RestoreArg) -> Result<VmTarget, Failure> {
+    fn boot(
+        &self,
+        serial: SerialOutput,
+        restore: RestoreArg,
+        verify_every: Option<u64>,
+    ) -> Result<VmTarget, Failure> {
         let mem: MemSize = self
             .mem
             .parse()
@@ -214,6 +223,8 @@ impl TargetArgs {
                 RestoreArg::Dirty => RestoreStrategy::Dirty,
                 RestoreArg::Remap => RestoreStrategy::Remap,
             },
+            verify_restores: verify_every.is_some(),
+            verify_every: verify_every.unwrap_or(1).max(1),
             ..Default::default()
         };
         VmTarget::boot(&config, self.boot_timeout()?).map_err(|error| {
@@ -309,7 +320,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
     } else {
         SerialOutput::Discard
     };
-    let target = args.target.boot(serial, args.restore)?;
+    let target = args.target.boot(serial, args.restore, args.verify_every)?;
     config.corpus_dirs = args.corpus.clone();
     config.dict = args.dict.clone();
     config.max_time = max_time;
@@ -367,7 +378,9 @@ pub fn repro(args: ReproArgs) -> Result<u8, Failure> {
             args.input.display()
         )));
     }
-    let mut target = args.target.boot(SerialOutput::Discard, RestoreArg::Dirty)?;
+    let mut target = args
+        .target
+        .boot(SerialOutput::Discard, RestoreArg::Dirty, None)?;
     // Ctrl-C/SIGTERM stop the run (a long --timeout-ms would otherwise hold the terminal).
     let _termination = Termination::watch(target.control());
     let replay = fuzz_harness::replay(&mut target, &args.input, timeout).map_err(|error| {

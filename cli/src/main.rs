@@ -11,6 +11,7 @@ use vmm::{
 };
 
 mod bench;
+mod build_target;
 mod fuzz;
 mod qemu;
 mod qmp;
@@ -56,6 +57,8 @@ enum Command {
     /// Convert between snapshot directories and QEMU 7.2 migration streams (offline).
     #[command(subcommand)]
     Snapshot(qemu::SnapshotCommand),
+    /// Build a libFuzzer harness (C, LLVMFuzzerTestOneInput) into a fuzz target ELF.
+    BuildTarget(build_target::BuildTargetArgs),
 }
 
 #[derive(Args)]
@@ -205,6 +208,7 @@ fn main() -> ExitCode {
                 ExitCode::from(STATUS_SETUP_ERROR)
             }
         },
+        Command::BuildTarget(args) => build_target::main(args),
         Command::Run(args) => match run(args) {
             Ok(status) => ExitCode::from(status),
             Err(error) => {

@@ -442,3 +442,37 @@ fn rounds_that_set_accessed_dirty_bits_stay_exact_without_resets() {
         );
     }
 }
+
+/// A new SAVE after restores replaces the snapshot. With the remap strategy, RAM is then a
+/// private mapping of the old snapshot's memory, and the SAVE updates that memory in place with
+/// the pages written since the last restore: proportional to what changed, not to RAM.
+#[test]
+fn a_new_save_after_restores_replaces_the_snapshot_and_remap_saves_in_place() {
+    for strategy in ["dirty", "remap"] {
+        let outcome = run_guest(
+            "snapshot-resave",
+            "generations=4 rounds=50 pages=16",
+            &["--mem", "64M", "--restore", strategy, "--verify-restores"],
+        );
+        assert_eq!(outcome.status, 0, "{strategy}: {}", outcome.transcript());
+        assert!(
+            outcome
+                .stdout
+                .contains("snapshot-resave: 4 generations of 50 restores ok"),
+            "{strategy}: {}",
+            outcome.transcript()
+        );
+        assert_eq!(engine_counter(&outcome, "save(s)"), 4, "{strategy}");
+        assert_eq!(engine_counter(&outcome, "verified"), 200, "{strategy}");
+        if strategy == "remap" {
+            // Three SAVEs over remapped RAM, each writing the 16 pages, the globals' page and
+            // the stack's: a few dozen pages, where a copy of RAM would be 16,384.
+            let in_place = engine_counter(&outcome, "pages saved in place");
+            assert!(
+                (3 * 16..=3 * 64).contains(&in_place),
+                "{in_place} pages saved in place: {}",
+                outcome.transcript()
+            );
+        }
+    }
+}

@@ -47,6 +47,12 @@
                                           * EXCEPTION is attributed to, low half (consumed by it) */
 #define SNAPSHOT_REG_FAULT_PC_HI 0x28u   /* R/W, snapvmm extension: high half */
 
+/* snapvmm extension: BAR0 + 0x1000 is a page of memory mirroring, at the same offsets, the
+ * registers only the host changes (MAGIC, INPUT_LEN, ABI_VERSION, INPUT_SIZE, COVERAGE_SIZE; other
+ * words read 0). snapvmm maps it read-only, so reading INPUT_LEN there costs no VM exit. Present
+ * when MAGIC reads SNAPSHOT_MAGIC at this offset too (a device without it reads 0). */
+#define SNAPSHOT_REGISTER_MIRROR 0x1000u
+
 /* What MAGIC reads: "SNAP" as a big-endian word (the bytes in memory are "PANS"). */
 #define SNAPSHOT_MAGIC 0x534e4150u
 #define SNAPSHOT_ABI_VERSION 1u

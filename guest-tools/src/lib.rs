@@ -31,6 +31,13 @@ pub struct BuiltGuest {
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
+/// What `snapvmm build-target` needs to turn a libFuzzer harness into a fuzz target: the
+/// runtime's kernel object, user library and linker script, the libFuzzer shim, the libc
+/// subset and its headers (`libfuzzer/`, docs/libfuzzer-targets.md).
+pub mod libfuzzer_kit {
+    include!(concat!(env!("OUT_DIR"), "/libfuzzer_kit.rs"));
+}
+
 /// The `hello` guest (64-bit ELF entry): the VMM's built-in default guest.
 pub const HELLO_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf"));
 

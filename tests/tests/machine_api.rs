@@ -157,6 +157,38 @@ fn machines_on_two_threads_keep_their_own_deadlines() {
 }
 
 #[test]
+fn deadlines_renewed_every_run_fire_only_for_the_run_that_overstays() {
+    // A fuzzer passes `now + timeout` to every run. The machine's timer is armed for the first
+    // such deadline only and fires while a later, short run executes: that run must go on (the
+    // timer re-armed for its own deadline), and a later hang must still be stopped at its own.
+    let mut machine = boot("input-echo");
+    run_to_snapshot(&mut machine);
+    let timeout = Duration::from_millis(100);
+    let mut rng = Rng(7);
+    let started = Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < timeout * 5 {
+        let input = rng.input();
+        machine.set_input(&input);
+        let event = machine.run(Some(Instant::now() + timeout)).expect("run");
+        assert!(matches!(event, VmEvent::Done { .. }), "run {runs}: {event}");
+        assert_guest_saw(&machine, &input, runs);
+        machine.restore().expect("restore");
+        runs += 1;
+    }
+    machine.set_input(b"HANG forever");
+    let hang_started = Instant::now();
+    let event = machine.run(Some(hang_started + timeout)).expect("run");
+    let waited = hang_started.elapsed();
+    assert_eq!(event, VmEvent::DeadlinePassed);
+    assert!(waited >= timeout, "returned after {waited:?}");
+    assert!(
+        waited < timeout * 20,
+        "the hang was stopped only after {waited:?}"
+    );
+}
+
+#[test]
 fn another_thread_stops_or_kicks_a_running_machine() {
     let mut machine = boot("input-echo");
     run_to_snapshot(&mut machine);

@@ -10,6 +10,7 @@ use devices::pci::{BarRelocation, PciBus, PciBusState, PCI_CONFIG_PORT_BASE, PCI
 use devices::serial::{SerialDevice, SerialDeviceState, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
 use devices::snapshot_device::{
     SnapshotDevice, SnapshotDeviceConfig, SnapshotDeviceState, COVERAGE_BAR, INPUT_BAR,
+    REGISTERS_BAR, REGISTER_MIRROR_OFFSET,
 };
 use devices::{DeviceAction, Persist, PioBus, RestoreInPlace};
 use kvm_bindings::kvm_userspace_memory_region;
@@ -89,12 +90,17 @@ impl DeviceStates {
     }
 }
 
-/// A BAR backed by host memory and the memslot that maps it.
+/// Host memory inside a BAR (all of BAR2 and BAR4, BAR0's register mirror page) and the memslot
+/// that maps it.
 struct MappedBar {
     bar: usize,
+    /// Where in the BAR the memory starts.
+    offset: u64,
     memslot: u32,
     host_addr: u64,
     size: u64,
+    /// KVM_MEM_READONLY: guest writes exit as MMIO and reach the device, which ignores them.
+    read_only: bool,
     guest_addr: Option<u64>,
 }
 
@@ -151,19 +157,35 @@ impl DeviceManager {
                 why: e.to_string(),
             }
         })?;
-        let mapped_bars = [INPUT_BAR, COVERAGE_BAR]
+        let mut mapped_bars: Vec<MappedBar> = [INPUT_BAR, COVERAGE_BAR]
             .iter()
             .enumerate()
             .filter_map(|(i, &bar)| {
                 snapshot_device.bar_memory(bar).map(|memory| MappedBar {
                     bar,
+                    offset: 0,
                     memslot: FIRST_DEVICE_MEMSLOT + i as u32,
                     host_addr: memory.host_addr(),
                     size: memory.len() as u64,
+                    read_only: false,
                     guest_addr: None,
                 })
             })
             .collect();
+        // The register mirror only where KVM can map it read-only: the guest must not change
+        // what the host reports. Elsewhere its reads trap and the device answers them.
+        if vm_fd.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            let mirror = snapshot_device.register_mirror_memory();
+            mapped_bars.push(MappedBar {
+                bar: REGISTERS_BAR,
+                offset: REGISTER_MIRROR_OFFSET,
+                memslot: FIRST_DEVICE_MEMSLOT + 2,
+                host_addr: mirror.host_addr(),
+                size: mirror.len() as u64,
+                read_only: true,
+                guest_addr: None,
+            });
+        }
         let snapshot_device = Arc::new(Mutex::new(snapshot_device));
 
         let mut pio = PioBus::default();
@@ -320,9 +342,14 @@ impl DeviceManager {
         else {
             return Ok(());
         };
+        let flags = if mapped.read_only {
+            kvm_bindings::KVM_MEM_READONLY
+        } else {
+            0
+        };
         let region = |guest_phys_addr: u64, memory_size: u64| kvm_userspace_memory_region {
             slot: mapped.memslot,
-            flags: 0,
+            flags,
             guest_phys_addr,
             memory_size,
             userspace_addr: mapped.host_addr,
@@ -338,7 +365,10 @@ impl DeviceManager {
                 }
             })?;
         }
-        if let Some(addr) = relocation.new_base {
+        if let Some(addr) = relocation
+            .new_base
+            .and_then(|base| base.checked_add(mapped.offset))
+        {
             // SAFETY: the host memory is the device's BarMemory, which the device (and so this
             // manager, through its Arc) keeps alive as long as the VM.
             unsafe { self.vm_fd.set_user_memory_region(region(addr, mapped.size)) }.map_err(

@@ -14,6 +14,8 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use snapshot::{DirtyGfn, DirtyPages, SlotMap};
 use thiserror::Error;
 
+use crate::hot_pages::HotPages;
+
 const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_AE42;
 const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = 0xC018_AEC0;
 const KVM_RESET_DIRTY_RINGS: libc::c_ulong = 0xAEC7;
@@ -51,8 +53,24 @@ pub enum DirtyTrackingMode {
 }
 
 impl DirtyTrackingMode {
-    /// Enables the best mechanism this KVM offers. Call before creating vCPUs.
+    /// Enables the best mechanism this KVM offers. Call before creating vCPUs. The dirty log with
+    /// manual protection comes first: it lets hot pages stay writable between restores
+    /// (`hot_pages`), which the ring cannot (resetting it protects every page it reported).
     pub fn enable(vm_fd: &VmFd) -> Result<Self, DirtyTrackingError> {
+        if vm_fd.check_extension_raw(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 as u64) > 0 {
+            let mut enable = kvm_enable_cap {
+                cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                ..Default::default()
+            };
+            enable.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE as u64;
+            vm_fd
+                .enable_cap(&enable)
+                .map_err(|e| DirtyTrackingError::Kvm {
+                    what: "ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+            return Ok(DirtyTrackingMode::ManualLog);
+        }
         let acq_rel = vm_fd.check_extension_raw(KVM_CAP_DIRTY_LOG_RING_ACQ_REL as u64);
         let plain = vm_fd.check_extension_raw(KVM_CAP_DIRTY_LOG_RING as u64);
         let (cap, max_bytes, acquire_release) = if acq_rel > 0 {
@@ -74,20 +92,6 @@ impl DirtyTrackingMode {
                     acquire_release,
                 });
             }
-        }
-        if vm_fd.check_extension_raw(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 as u64) > 0 {
-            let mut enable = kvm_enable_cap {
-                cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-                ..Default::default()
-            };
-            enable.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE as u64;
-            vm_fd
-                .enable_cap(&enable)
-                .map_err(|e| DirtyTrackingError::Kvm {
-                    what: "ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
-                    source: std::io::Error::from_raw_os_error(e.errno()),
-                })?;
-            return Ok(DirtyTrackingMode::ManualLog);
         }
         Err(DirtyTrackingError::Unsupported)
     }
@@ -128,6 +132,8 @@ impl DirtyTracker {
                 vm_fd: vm_fd.as_raw_fd(),
                 slots: slots.to_vec(),
                 bitmap: Vec::new(),
+                reprotect: Vec::new(),
+                hot_pages: slots.iter().map(|_| HotPages::new()).collect(),
             }),
         })
     }
@@ -137,6 +143,21 @@ impl DirtyTracker {
         match self {
             DirtyTracker::Ring(ring) => ring.harvest(pages),
             DirtyTracker::Log(log) => log.harvest(pages),
+        }
+    }
+
+    /// The memory slots were deleted and added again: KVM protects every page anew.
+    pub fn slots_recreated(&mut self) {
+        if let DirtyTracker::Log(log) = self {
+            log.hot_pages.iter_mut().for_each(HotPages::forget);
+        }
+    }
+
+    /// Pages left writable between restores (the dirty log's hot pages; the ring keeps none).
+    pub fn kept_writable(&self) -> usize {
+        match self {
+            DirtyTracker::Ring(_) => 0,
+            DirtyTracker::Log(log) => log.hot_pages.iter().map(HotPages::kept).sum(),
         }
     }
 
@@ -234,16 +255,20 @@ impl Drop for DirtyRing {
     }
 }
 
-/// The dirty log with KVM_CLEAR_DIRTY_LOG: read the bitmap, then re-protect exactly those pages.
+/// The dirty log with KVM_CLEAR_DIRTY_LOG: read the bitmap, then re-protect the pages that are not
+/// kept writable (`hot_pages`).
 pub struct DirtyLog {
     vm_fd: i32,
     slots: Vec<TrackedSlot>,
     bitmap: Vec<u64>,
+    reprotect: Vec<u64>,
+    /// Per slot, in `slots` order.
+    hot_pages: Vec<HotPages>,
 }
 
 impl DirtyLog {
     fn harvest(&mut self, pages: &mut DirtyPages) -> Result<(), DirtyTrackingError> {
-        for slot in &self.slots {
+        for (slot, hot_pages) in self.slots.iter().zip(self.hot_pages.iter_mut()) {
             self.bitmap.clear();
             self.bitmap.resize(slot.pages.div_ceil(64), 0);
             let mut log = kvm_dirty_log {
@@ -255,17 +280,24 @@ impl DirtyLog {
             if unsafe { libc::ioctl(self.vm_fd, KVM_GET_DIRTY_LOG, &mut log) } < 0 {
                 return Err(last_os("GET_DIRTY_LOG"));
             }
-            if self.bitmap.iter().all(|w| *w == 0) {
+            if self.bitmap.iter().all(|w| *w == 0) && hot_pages.kept() == 0 {
+                // Nothing logged in this slot, neither in this round nor in the previous one.
+                hot_pages.forget();
                 continue;
             }
+            // Every logged page is restored, kept ones included: exactness never depends on
+            // which pages are re-protected.
             pages.add_dirty_log(slot.first_page, slot.pages, &self.bitmap)?;
+            if !hot_pages.plan(&self.bitmap, &mut self.reprotect) {
+                continue;
+            }
             let mut clear = kvm_clear_dirty_log {
                 slot: slot.slot,
                 num_pages: slot.pages as u32,
                 first_page: 0,
                 ..Default::default()
             };
-            clear.__bindgen_anon_1.dirty_bitmap = self.bitmap.as_mut_ptr() as *mut libc::c_void;
+            clear.__bindgen_anon_1.dirty_bitmap = self.reprotect.as_mut_ptr() as *mut libc::c_void;
             // SAFETY: same bitmap, covering the whole slot from page 0.
             if unsafe { libc::ioctl(self.vm_fd, KVM_CLEAR_DIRTY_LOG, &mut clear) } < 0 {
                 return Err(last_os("CLEAR_DIRTY_LOG"));

@@ -45,6 +45,7 @@ pub mod disk;
 pub mod engine;
 pub mod event;
 pub mod firmware;
+pub mod hot_pages;
 pub mod machine;
 pub mod machine_state;
 pub mod memory;

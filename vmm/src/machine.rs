@@ -332,8 +332,12 @@ impl Machine {
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.set_kvm_immediate_exit(0);
-                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                        return Ok(VmEvent::DeadlinePassed);
+                    if let Some(deadline) = deadline {
+                        if Instant::now() >= deadline {
+                            return Ok(VmEvent::DeadlinePassed);
+                        }
+                        // The timer fired for an earlier run's deadline (see `deadline`).
+                        self.deadline.arm(deadline)?;
                     }
                     continue;
                 }

@@ -30,6 +30,13 @@
 //! | 0x24   | FAULT_PC_LO   | R/W    | guest address the next CRASH/EXCEPTION is attributed to, low half (extension) |
 //! | 0x28   | FAULT_PC_HI   | R/W    | high half (extension) |
 //!
+//! Register mirror (extension): BAR0 offset [`REGISTER_MIRROR_OFFSET`] (0x1000) is a page of
+//! memory holding, at their register offsets, copies of the registers only the host changes:
+//! MAGIC, INPUT_LEN, ABI_VERSION, INPUT_SIZE and COVERAGE_SIZE (every other word reads 0). The VMM
+//! maps it read-only when KVM can, so a fuzz target reads INPUT_LEN once per run without a VM exit;
+//! otherwise the reads trap and are answered with the same values. A guest finds it by reading
+//! MAGIC at 0x1000 (an older device reads 0 there). Writes to it are ignored.
+//!
 //! Other widths and offsets: a read returns, byte by byte, the bytes of the registers it covers (0
 //! for undefined offsets). A write is split into the 32-bit registers it touches: ARG takes any of
 //! its bytes; COMMAND acts only when all four of its bytes are written; every other register (and
@@ -97,6 +104,17 @@ pub const REG_INPUT_SIZE: u64 = 0x1c;
 pub const REG_COVERAGE_SIZE: u64 = 0x20;
 pub const REG_FAULT_PC_LO: u64 = 0x24;
 pub const REG_FAULT_PC_HI: u64 = 0x28;
+/// Where in BAR0 the register mirror page starts, and its size.
+pub const REGISTER_MIRROR_OFFSET: u64 = 0x1000;
+pub const REGISTER_MIRROR_SIZE: usize = 0x1000;
+/// The registers the mirror page copies.
+const MIRRORED_REGISTERS: [u64; 5] = [
+    REG_MAGIC,
+    REG_INPUT_LEN,
+    REG_ABI_VERSION,
+    REG_INPUT_SIZE,
+    REG_COVERAGE_SIZE,
+];
 
 /// What MAGIC reads: "SNAP" as a big-endian word (the bytes in memory are "PANS").
 pub const MAGIC: u32 = 0x534e_4150;
@@ -217,6 +235,7 @@ fn check_buffer_size(what: &'static str, size: usize) -> Result<(), SnapshotDevi
 pub struct SnapshotDeviceArgs {
     pub input: Arc<BarMemory>,
     pub coverage: Arc<BarMemory>,
+    pub register_mirror: Arc<BarMemory>,
 }
 
 impl SnapshotDeviceArgs {
@@ -226,6 +245,10 @@ impl SnapshotDeviceArgs {
         Ok(SnapshotDeviceArgs {
             input: Arc::new(BarMemory::new(c"snapvmm-input", config.input_size)?),
             coverage: Arc::new(BarMemory::new(c"snapvmm-coverage", config.coverage_size)?),
+            register_mirror: Arc::new(BarMemory::new(
+                c"snapvmm-register-mirror",
+                REGISTER_MIRROR_SIZE,
+            )?),
         })
     }
 
@@ -304,6 +327,8 @@ pub struct SnapshotDevice {
     config_space: PciConfigSpace,
     input: Arc<BarMemory>,
     coverage: Arc<BarMemory>,
+    /// BAR0's register mirror page (host state).
+    register_mirror: Arc<BarMemory>,
     /// Guest state (rolled back by a restore).
     arg: u32,
     /// Host state (never rolled back).
@@ -346,6 +371,11 @@ impl SnapshotDevice {
     /// BAR4's memory.
     pub fn coverage_memory(&self) -> &Arc<BarMemory> {
         &self.coverage
+    }
+
+    /// BAR0's register mirror page: the VMM maps it read-only at BAR0 + [`REGISTER_MIRROR_OFFSET`].
+    pub fn register_mirror_memory(&self) -> &Arc<BarMemory> {
+        &self.register_mirror
     }
 
     /// The host memory behind BAR `bar`, if it is one of the memslot-backed BARs (2 and 4): what
@@ -421,7 +451,16 @@ impl SnapshotDevice {
         self.input_written = taken;
         // At most MAX_BUFFER_SIZE.
         self.input_len = u32::try_from(taken).unwrap_or(u32::MAX);
+        self.update_mirror(REG_INPUT_LEN);
         taken
+    }
+
+    /// Copies register `offset` into the mirror page.
+    fn update_mirror(&self, offset: u64) {
+        let value = self.read_register(offset);
+        // Every mirrored offset lies inside the page.
+        let written = self.register_mirror.write(offset, &value.to_le_bytes());
+        debug_assert!(written.is_ok());
     }
 
     /// INPUT_LEN as the guest reads it.
@@ -466,6 +505,19 @@ impl SnapshotDevice {
             REG_COVERAGE_SIZE => self.coverage.len() as u32,
             REG_FAULT_PC_LO => self.fault_pc as u32,
             REG_FAULT_PC_HI => (self.fault_pc >> 32) as u32,
+            // The mirror page, when its accesses trap: what the page holds.
+            mirror
+                if (REGISTER_MIRROR_OFFSET
+                    ..REGISTER_MIRROR_OFFSET + REGISTER_MIRROR_SIZE as u64)
+                    .contains(&mirror) =>
+            {
+                let register = mirror - REGISTER_MIRROR_OFFSET;
+                if MIRRORED_REGISTERS.contains(&register) {
+                    self.read_register(register)
+                } else {
+                    0
+                }
+            }
             _ => 0,
         }
     }
@@ -647,10 +699,20 @@ impl Persist for SnapshotDevice {
             .map_err(|error| PersistError::invalid("snapshot device", error.to_string()))?;
         state.validate(&config)?;
         let config_space = PciConfigSpace::restore(config.pci_header(), &state.pci)?;
-        Ok(SnapshotDevice {
+        if args.register_mirror.len() != REGISTER_MIRROR_SIZE {
+            return Err(PersistError::invalid(
+                "snapshot device",
+                format!(
+                    "register mirror of {:#x} bytes, not {REGISTER_MIRROR_SIZE:#x}",
+                    args.register_mirror.len()
+                ),
+            ));
+        }
+        let device = SnapshotDevice {
             config_space,
             input: args.input,
             coverage: args.coverage,
+            register_mirror: args.register_mirror,
             arg: state.arg,
             snapshot_exists: false,
             capture_running: false,
@@ -661,7 +723,17 @@ impl Persist for SnapshotDevice {
             command_pc: 0,
             input_written: 0,
             statistics: SnapshotDeviceStatistics::default(),
-        })
+        };
+        fill_register_mirror(&device);
+        Ok(device)
+    }
+}
+
+/// Fills the mirror page: the mirrored registers, zero elsewhere.
+fn fill_register_mirror(device: &SnapshotDevice) {
+    device.register_mirror.clear();
+    for register in MIRRORED_REGISTERS {
+        device.update_mirror(register);
     }
 }
 

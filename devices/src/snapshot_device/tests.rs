@@ -646,6 +646,7 @@ fn state_round_trips_and_a_restore_rolls_back_only_guest_state() {
         SnapshotDeviceArgs {
             input: device.input_memory().clone(),
             coverage: device.coverage_memory().clone(),
+            register_mirror: device.register_mirror_memory().clone(),
         }
     };
     let rebuilt = SnapshotDevice::restore(args, &saved).unwrap();
@@ -685,6 +686,7 @@ fn invalid_states_are_rejected_and_leave_the_device_untouched() {
     let odd = SnapshotDeviceArgs {
         input: Arc::new(BarMemory::new(c"odd", 3 * 4096).unwrap()),
         coverage: Arc::new(BarMemory::new(c"odd", 4096).unwrap()),
+        register_mirror: Arc::new(BarMemory::new(c"odd", REGISTER_MIRROR_SIZE).unwrap()),
     };
     let state = SnapshotDeviceState {
         input_size: 3 * 4096,
@@ -892,4 +894,69 @@ fn device_action_stays_small_and_copy() {
     assert_copy::<DeviceAction>();
     assert!(std::mem::size_of::<SnapshotCommand>() <= 8);
     assert!(std::mem::size_of::<DeviceAction>() <= 160);
+}
+
+#[test]
+fn the_register_mirror_holds_the_host_set_registers_and_traps_read_the_same() {
+    let mut device = SnapshotDevice::new(&SnapshotDeviceConfig::default()).unwrap();
+    let mirror_word = |device: &SnapshotDevice, register: u64| {
+        let mut bytes = [0u8; 4];
+        device
+            .register_mirror_memory()
+            .read(register, &mut bytes)
+            .unwrap();
+        u32::from_le_bytes(bytes)
+    };
+    let trapped_word = |device: &mut SnapshotDevice, register: u64| {
+        let mut bytes = [0u8; 4];
+        device.mmio_read(REGISTERS_BAR, REGISTER_MIRROR_OFFSET + register, &mut bytes);
+        u32::from_le_bytes(bytes)
+    };
+    assert_eq!(mirror_word(&device, REG_MAGIC), MAGIC);
+    assert_eq!(mirror_word(&device, REG_INPUT_LEN), 0);
+    assert_eq!(mirror_word(&device, REG_ABI_VERSION), ABI_VERSION);
+    assert_eq!(
+        mirror_word(&device, REG_INPUT_SIZE),
+        DEFAULT_INPUT_SIZE as u32
+    );
+    assert_eq!(
+        mirror_word(&device, REG_COVERAGE_SIZE),
+        DEFAULT_COVERAGE_SIZE as u32
+    );
+
+    device.set_input(b"twelve bytes");
+    device.mmio_write(REGISTERS_BAR, REG_ARG, &7u32.to_le_bytes());
+    device.mmio_write(REGISTERS_BAR, REG_FAULT_PC_LO, &9u32.to_le_bytes());
+    for register in (0..0x40).step_by(4) {
+        let expected = match register {
+            REG_MAGIC => MAGIC,
+            REG_INPUT_LEN => 12,
+            REG_ABI_VERSION => ABI_VERSION,
+            REG_INPUT_SIZE => DEFAULT_INPUT_SIZE as u32,
+            REG_COVERAGE_SIZE => DEFAULT_COVERAGE_SIZE as u32,
+            // ARG, FAULT_PC, STATUS and RESTORES are not mirrored.
+            _ => 0,
+        };
+        assert_eq!(mirror_word(&device, register), expected, "{register:#x}");
+        assert_eq!(
+            trapped_word(&mut device, register),
+            expected,
+            "{register:#x}"
+        );
+    }
+    assert_eq!(trapped_word(&mut device, 0xffc), 0);
+
+    // Writes to the mirror change nothing and are counted as ignored.
+    let ignored = device.statistics().ignored_writes;
+    device.mmio_write(
+        REGISTERS_BAR,
+        REGISTER_MIRROR_OFFSET + REG_INPUT_LEN,
+        &[0xff; 4],
+    );
+    assert_eq!(device.input_len(), 12);
+    assert_eq!(mirror_word(&device, REG_INPUT_LEN), 12);
+    assert_eq!(device.statistics().ignored_writes, ignored + 1);
+
+    device.set_input(b"");
+    assert_eq!(mirror_word(&device, REG_INPUT_LEN), 0);
 }

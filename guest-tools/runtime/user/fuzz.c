@@ -1,5 +1,6 @@
 /* fuzz.c - the fuzz-target API (rt.h: rt_fuzz_*): one SAVE at the first request for an input,
- * then per run one INPUT_LEN read (a VM exit) and the DONE, CRASH or EXCEPTION that ends it.
+ * then per run one INPUT_LEN read (from the register mirror: no VM exit on snapvmm) and the DONE,
+ * CRASH or EXCEPTION that ends it.
  * Nothing here prints during a run: serial output costs a VM exit per FIFO load. */
 #include "rt.h"
 

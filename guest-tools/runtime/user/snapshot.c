@@ -1,8 +1,11 @@
 /* snapshot.c - the snapshot device from user mode: every register access is one aligned 32-bit
- * load or store (snapshot_device.h), i.e. one VM exit; BAR2 and BAR4 are plain memory. */
+ * load or store (snapshot_device.h), i.e. one VM exit; BAR2 and BAR4 are plain memory, and so is
+ * snapvmm's register mirror, where INPUT_LEN is read without an exit. */
 #include "rt.h"
 
 static volatile void *registers;
+/* The register mirror page (BAR0 + 0x1000), or the registers themselves on a device without it. */
+static volatile void *host_registers;
 static volatile uint8_t *input, *coverage;
 static uint64_t input_size, coverage_size;
 
@@ -21,6 +24,8 @@ int rt_snapshot_open(void)
     if (snapshot_reg_read(regs, SNAPSHOT_REG_ABI_VERSION) != SNAPSHOT_ABI_VERSION)
         return RT_SNAPSHOT_BAD_VERSION;
     registers = regs;
+    volatile void *mirror = (volatile uint8_t *)regs + SNAPSHOT_REGISTER_MIRROR;
+    host_registers = snapshot_reg_read(mirror, SNAPSHOT_REG_MAGIC) == SNAPSHOT_MAGIC ? mirror : regs;
     input = in;
     coverage = cov;
     input_size = device->bars[SNAPSHOT_BAR_INPUT].size;
@@ -93,7 +98,8 @@ uint64_t rt_snapshot_restores(void)
 
 const volatile uint8_t *rt_input(uint32_t *length)
 {
-    uint32_t bytes = snapshot_reg_read(opened(), SNAPSHOT_REG_INPUT_LEN);
+    opened();
+    uint32_t bytes = snapshot_reg_read(host_registers, SNAPSHOT_REG_INPUT_LEN);
     if (length)
         *length = bytes < input_size ? bytes : (uint32_t)input_size;
     return input;

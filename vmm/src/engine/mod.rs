@@ -262,7 +262,23 @@ impl SnapshotEngine {
         // A capture still running belongs to the snapshot being replaced: finish it, so that
         // its userfaultfd registration is gone before the new capture registers the same RAM.
         let previous = self.take_finished_snapshot()?;
+        let previous = match previous {
+            // RAM is a private mapping of memory this engine captured: it equals that memory
+            // but for private copies of exactly the pages written since the last restore (the
+            // guest's and KVM's writes are logged, the VMM's recorded). Writing those pages into
+            // the memory makes it the new snapshot's: O(pages written), not O(RAM).
+            Some(snapshot)
+                if self.ram_private
+                    && snapshot.remapped
+                    && snapshot.origin == MemoryOrigin::Captured =>
+            {
+                return self.save_in_place(vm, snapshot, vcpu_state, vm_state, devices, started);
+            }
+            other => other,
+        };
         if self.ram_private {
+            // RAM over a file loaded from disk (read-only: never written): RAM becomes the shared
+            // memfd again, with a copy of everything, and a full capture follows.
             self.slots.map_shared_again(vm.ram)?;
             self.ram_private = false;
         }
@@ -312,6 +328,43 @@ impl SnapshotEngine {
             page_tables,
             remapped: false,
         });
+        self.stats.saves += 1;
+        self.stats.last_save_stall = started.elapsed();
+        self.stats.first_save_done.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// SAVE over a remapped RAM (see `save`): the previous snapshot's memory is brought up to
+    /// date with the pages written since the last restore and becomes the new snapshot's.
+    fn save_in_place(
+        &mut self,
+        vm: &mut VmParts,
+        previous: Snapshot,
+        vcpu_state: VcpuState,
+        vm_state: VmState,
+        devices: DeviceStates,
+        started: Instant,
+    ) -> Result<(), EngineError> {
+        let SnapshotRam::Ready(memory) = previous.ram else {
+            return Err(EngineError::NoSnapshot);
+        };
+        self.tracker.harvest(&mut self.dirty)?;
+        self.take_vmm_writes(vm.ram, true)?;
+        self.slots.write_pages_into(&memory, &self.dirty)?;
+        self.stats.pages_saved_in_place += self.dirty.len() as u64;
+        self.dirty.clear();
+        let page_tables = self.shadow.record(&vcpu_state, vm.ram, &self.slots);
+        self.snapshot = Some(Snapshot {
+            xsave: prepare_xsave(&vcpu_state, &self.vcpu_layout)?,
+            vcpu: vcpu_state,
+            vm: vm_state,
+            devices,
+            ram: SnapshotRam::Ready(memory),
+            origin: MemoryOrigin::Captured,
+            page_tables,
+            remapped: true,
+        });
+        self.stats.last_capture_stall = started.elapsed();
         self.stats.saves += 1;
         self.stats.last_save_stall = started.elapsed();
         self.stats.first_save_done.get_or_insert_with(Instant::now);
@@ -491,6 +544,7 @@ impl SnapshotEngine {
                 // the pages they name were restored above.
                 self.tracker.harvest(&mut self.dirty)?;
                 self.slots.recreate(vm.vm_fd)?;
+                self.tracker.slots_recreated();
                 self.dirty.clear();
                 self.stats.shadow_mmu_resets += 1;
             }

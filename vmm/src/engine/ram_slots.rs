@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use snapshot::{DirtyPages, HostRamRegion, RamLayout, PAGE_SIZE};
+use snapshot::{DirtyPages, HostRamRegion, RamLayout, SnapshotMemory, PAGE_SIZE};
 use thiserror::Error;
 
 use crate::dirty_tracking::TrackedSlot;
@@ -29,6 +29,8 @@ pub enum RamSlotsError {
     },
     #[error("RAM layout: {0}")]
     Layout(#[from] snapshot::RamLayoutError),
+    #[error("page {0} is not in guest RAM")]
+    PageOutsideRam(usize),
 }
 
 /// One RAM memslot.
@@ -207,6 +209,63 @@ impl RamSlots {
                     source,
                 })?;
             map_over(slot, &ram.file, slot.file_offset(), Sharing::Shared)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the live contents of `pages` into `memory` (laid out like RAM), a run of adjacent
+    /// pages per write.
+    pub fn write_pages_into(
+        &self,
+        memory: &SnapshotMemory,
+        pages: &DirtyPages,
+    ) -> Result<(), RamSlotsError> {
+        use std::os::unix::fs::FileExt;
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |(first, count): (usize, usize)| -> Result<(), RamSlotsError> {
+            let host = self
+                .layout
+                .host_addr_of_page(first)
+                .ok_or(RamSlotsError::PageOutsideRam(first))?;
+            if self.layout.host_addr_of_page(first + count - 1)
+                != Some(host + (count - 1) * PAGE_SIZE)
+            {
+                return Err(RamSlotsError::PageOutsideRam(first + count - 1));
+            }
+            // SAFETY: `count` pages of mapped guest RAM, contiguous on the host (checked above);
+            // read while the vCPU is stopped.
+            let contents =
+                unsafe { std::slice::from_raw_parts(host as *const u8, count * PAGE_SIZE) };
+            memory
+                .file()
+                .write_all_at(contents, (first * PAGE_SIZE) as u64)
+                .map_err(|source| RamSlotsError::Os {
+                    what: "writing pages into the snapshot memory",
+                    source,
+                })
+        };
+        for page in pages.iter() {
+            run = match run {
+                // Adjacent pages of one slot are adjacent on the host too.
+                Some((first, count))
+                    if first + count == page
+                        && self.layout.host_addr_of_page(page)
+                            == self
+                                .layout
+                                .host_addr_of_page(first)
+                                .map(|host| host + count * PAGE_SIZE) =>
+                {
+                    Some((first, count + 1))
+                }
+                Some(done) => {
+                    flush(done)?;
+                    Some((page, 1))
+                }
+                None => Some((page, 1)),
+            };
+        }
+        if let Some(done) = run {
+            flush(done)?;
         }
         Ok(())
     }

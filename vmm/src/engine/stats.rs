@@ -12,6 +12,9 @@ pub struct EngineStats {
     pub restores: u64,
     pub full_vcpu_restores: u64,
     pub pages_restored: u64,
+    /// Pages a SAVE over remapped RAM wrote into the previous snapshot's memory (instead of
+    /// capturing all of RAM).
+    pub pages_saved_in_place: u64,
     pub shadow_mmu_resets: u64,
     /// Restores that only had to make KVM forget the pages whose A/D bits they put back.
     pub shadow_mmu_invalidations: u64,
@@ -33,7 +36,7 @@ impl EngineStats {
             format!(
                 "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
                  {} pages restored, {} shadow MMU resets, {} A/D invalidations, {:.1} us per restore in the VMM, \
-                 last SAVE stall {:.2} ms",
+                 last SAVE stall {:.2} ms{}",
                 self.saves,
                 self.restores,
                 self.restores_during_capture,
@@ -43,7 +46,12 @@ impl EngineStats {
                 self.shadow_mmu_resets,
                 self.shadow_mmu_invalidations,
                 self.restore_time.as_secs_f64() * 1e6 / self.restores.max(1) as f64,
-                self.last_save_stall.as_secs_f64() * 1e3
+                self.last_save_stall.as_secs_f64() * 1e3,
+                if self.pages_saved_in_place > 0 {
+                    format!(", {} pages saved in place", self.pages_saved_in_place)
+                } else {
+                    String::new()
+                }
             )
         })
     }
