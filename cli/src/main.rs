@@ -265,6 +265,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             let (machine, stream_running) = qemu::incoming(uri, args.mem, &resume_options)?;
             if !stream_running && args.qmp.is_some() {
                 start_running = false;
+            } else if !stream_running {
+                tracing::info!("the stream was saved paused; running it (no --qmp to wait on)");
             }
             machine
         }
