@@ -227,22 +227,25 @@ fn build() -> BuildResult<()> {
     build_foreign_guests(&paths, &runtime.libgcc, &mut built)?;
     let native_harnesses = build_native_harnesses(&paths)?;
 
-    let pvh_hello_object = compile(
-        &paths,
-        &paths.pvh_hello.join("pvh-hello.S"),
-        &paths.objects.join("pvh-hello.o"),
-        &["-m32"],
-    )?;
-    link(
-        "elf_i386",
-        &paths.pvh_hello.join("pvh-hello.ld"),
-        &[pvh_hello_object],
-        &paths.out.join("pvh-hello.elf"),
-    )?;
-    built.push(BuiltGuest {
-        name: "pvh-hello".to_string(),
-        entry: Entry::MultibootOrPvh32,
-    });
+    // 32-bit kernels of their own (pvh-hello/<name>.S, one image each, same linker script).
+    for name in ["pvh-hello", "counter32"] {
+        let object = compile(
+            &paths,
+            &paths.pvh_hello.join(format!("{name}.S")),
+            &paths.objects.join(format!("{name}.o")),
+            &["-m32"],
+        )?;
+        link(
+            "elf_i386",
+            &paths.pvh_hello.join("pvh-hello.ld"),
+            &[object],
+            &paths.out.join(format!("{name}.elf")),
+        )?;
+        built.push(BuiltGuest {
+            name: name.to_string(),
+            entry: Entry::MultibootOrPvh32,
+        });
+    }
 
     let mut linux_programs = Vec::new();
     for program in c_programs(&paths.linux_programs)? {

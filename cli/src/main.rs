@@ -13,15 +13,19 @@ use vmm::{
 mod bench;
 mod build_target;
 mod fuzz;
+mod qemu;
+mod qmp;
 mod run;
 mod stdin;
 mod termination;
 
-use run::{describe, drive, RunPolicy};
+use run::{describe, drive_with, RunPolicy};
 use termination::Termination;
 
 /// Status for bad input or a VM that could not be set up (sysexits' EX_USAGE).
 pub(crate) const STATUS_SETUP_ERROR: u8 = 64;
+/// Guest RAM when `--mem` is not given.
+const DEFAULT_MEM_BYTES: u64 = 256 << 20;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +54,9 @@ enum Command {
     Repro(fuzz::ReproArgs),
     /// Draw execs/s, corpus size and edges over time from a fuzz output directory into a PNG.
     Plot(fuzz::PlotArgs),
+    /// Convert between snapshot directories and QEMU 7.2 migration streams (offline).
+    #[command(subcommand)]
+    Snapshot(qemu::SnapshotCommand),
     /// Build a libFuzzer harness (C, LLVMFuzzerTestOneInput) into a fuzz target ELF.
     BuildTarget(build_target::BuildTargetArgs),
 }
@@ -78,9 +85,10 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
-    /// Guest RAM, e.g. 256M or 1G.
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    mem: MemSize,
+    /// Guest RAM, e.g. 256M or 1G [default: 256M; with --incoming: the stream's, which a given
+    /// --mem must equal].
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<MemSize>,
     /// Where COM1 output goes: stdio or file:PATH.
     #[arg(long, value_name = "stdio|file:PATH", default_value = "stdio")]
     serial: SerialOutput,
@@ -117,6 +125,18 @@ struct RunArgs {
     /// Run without seccomp filters (to debug a system call the filters refuse).
     #[arg(long)]
     no_seccomp: bool,
+    /// Load a QEMU 7.2 migration stream (microvm, pc-i440fx-7.2, pc-q35-7.2) and run it instead
+    /// of booting: exec:CMD reads CMD's output (/bin/sh -c), file:PATH a file.
+    #[arg(long, value_name = "exec:CMD|file:PATH",
+          conflicts_with_all = ["kernel", "guest", "initrd", "from_snapshot"])]
+    incoming: Option<qemu::StreamUri>,
+    /// Start paused, until QMP `cont` (needs --qmp).
+    #[arg(long, requires = "qmp")]
+    paused: bool,
+    /// Serve QMP (QEMU's monitor protocol: stop, cont, migrate, query-status, quit...) on a Unix
+    /// socket; wait=off starts the guest before a client connects.
+    #[arg(long, value_name = "unix:PATH[,server=on,wait=off]")]
+    qmp: Option<qmp::QmpSpec>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -181,6 +201,13 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => finish(fuzz::fuzz(args)),
         Command::Repro(args) => finish(fuzz::repro(args)),
         Command::Plot(args) => finish(fuzz::plot(args)),
+        Command::Snapshot(command) => match qemu::snapshot(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("snapvmm: {error}");
+                ExitCode::from(STATUS_SETUP_ERROR)
+            }
+        },
         Command::BuildTarget(args) => build_target::main(args),
         Command::Run(args) => match run(args) {
             Ok(status) => ExitCode::from(status),
@@ -226,21 +253,30 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     if let Some(dir) = &args.save_snapshot {
         vmm::disk::check_snapshot_target(dir)?;
     }
-    let mut machine = match &args.from_snapshot {
-        Some(dir) => Machine::from_snapshot_dir(
-            dir,
-            &ResumeOptions {
-                serial: args.serial.clone(),
-                engine,
-            },
-        )?,
-        None => {
+    let resume_options = ResumeOptions {
+        serial: args.serial.clone(),
+        engine: engine.clone(),
+    };
+    // Whether the guest starts running (a stream saved paused waits for QMP `cont`).
+    let mut start_running = !args.paused;
+    let mut machine = match (&args.from_snapshot, &args.incoming) {
+        (Some(dir), _) => Machine::from_snapshot_dir(dir, &resume_options)?,
+        (None, Some(uri)) => {
+            let (machine, stream_running) = qemu::incoming(uri, args.mem, &resume_options)?;
+            if !stream_running && args.qmp.is_some() {
+                start_running = false;
+            } else if !stream_running {
+                tracing::info!("the stream was saved paused; running it (no --qmp to wait on)");
+            }
+            machine
+        }
+        (None, None) => {
             let kernel = kernel_source(args.kernel, args.guest.as_deref())?;
             Machine::boot(&MachineConfig {
                 kernel,
                 initrd: args.initrd,
                 cmdline: args.cmdline,
-                mem_bytes: args.mem.0,
+                mem_bytes: args.mem.map_or(DEFAULT_MEM_BYTES, |mem| mem.0),
                 serial: args.serial,
                 engine,
                 devices: DeviceOptions {
@@ -254,6 +290,22 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     if seccomp {
         vmm::seccomp::prepare()?;
     }
+    // Before the vCPU filter: the QMP threads run sockets and `exec:` commands.
+    let mut qmp_link = match &args.qmp {
+        Some(spec) => {
+            let initial = if start_running {
+                qmp::RunState::Running
+            } else {
+                qmp::RunState::Paused
+            };
+            let link = qmp::start(spec, machine.control(), initial)?;
+            if spec.wait {
+                link.wait_for_client();
+            }
+            Some(link)
+        }
+        None => None,
+    };
     let termination = Termination::watch_filtered(machine.control(), seccomp);
     let _stdin = stdin::StdinForwarder::start(machine.serial_input(), seccomp).ok();
     let policy = RunPolicy {
@@ -266,7 +318,12 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     if seccomp {
         vmm::seccomp::install(vmm::seccomp::ThreadKind::Vcpu)?;
     }
-    let end = drive(&mut machine, &policy);
+    let end = drive_with(&mut machine, &policy, &mut |machine| {
+        qmp_link.as_mut().and_then(|link| link.serve(machine))
+    });
+    if let (Some(link), run::RunEnd::Quit) = (&qmp_link, &end) {
+        link.wait_for_quit_reply();
+    }
     if let Some(summary) = machine.stats().summary() {
         eprintln!("snapvmm: snapshots: {summary}");
     }

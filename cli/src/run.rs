@@ -25,11 +25,26 @@ pub enum RunEnd {
     RestoreLimit(u64),
     /// The VMM failed (a snapshot could not be taken, restored or written, KVM_RUN failed...).
     Failed(MachineError),
+    /// A QMP client sent `quit`.
+    Quit,
 }
 
 /// Runs `machine` under `policy` until the run ends.
 pub fn drive(machine: &mut Machine, policy: &RunPolicy) -> RunEnd {
+    drive_with(machine, policy, &mut |_| None)
+}
+
+/// `drive`, with `on_kick` called before the first run and whenever `run` returns `Kicked` (a
+/// QMP server's requests); it may end the run.
+pub fn drive_with(
+    machine: &mut Machine,
+    policy: &RunPolicy,
+    on_kick: &mut dyn FnMut(&mut Machine) -> Option<RunEnd>,
+) -> RunEnd {
     let deadline = policy.timeout.map(|timeout| Instant::now() + timeout);
+    if let Some(end) = on_kick(machine) {
+        return end;
+    }
     loop {
         let event = match machine.run(deadline) {
             Ok(event) => event,
@@ -40,7 +55,11 @@ pub fn drive(machine: &mut Machine, policy: &RunPolicy) -> RunEnd {
                 Some(dir) => machine.write_snapshot(dir),
                 None => Ok(()),
             },
-            VmEvent::RestoreDone | VmEvent::Kicked => Ok(()),
+            VmEvent::RestoreDone => Ok(()),
+            VmEvent::Kicked => match on_kick(machine) {
+                Some(end) => return end,
+                None => Ok(()),
+            },
             // Nobody hands out a next input: a finished run rolls back for the next one.
             VmEvent::Done { .. } => machine.restore(),
             _ => return RunEnd::Event(event),
@@ -60,6 +79,7 @@ pub fn drive(machine: &mut Machine, policy: &RunPolicy) -> RunEnd {
 pub fn describe(end: &RunEnd, signal: Option<i32>) -> (u8, String) {
     match end {
         RunEnd::RestoreLimit(n) => (0, format!("stopped after {n} restores (--max-restores)")),
+        RunEnd::Quit => (0, "quit (QMP)".to_string()),
         RunEnd::Failed(error) => (failure_status(error), error.to_string()),
         RunEnd::Event(VmEvent::Stopped) => match signal {
             Some(libc::SIGTERM) => (143, "terminated (SIGTERM)".to_string()),

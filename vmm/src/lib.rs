@@ -44,12 +44,13 @@ pub mod dirty_tracking;
 pub mod disk;
 pub mod engine;
 pub mod event;
+pub mod firmware;
 pub mod hot_pages;
 pub mod machine;
 pub mod machine_state;
 pub mod memory;
 pub mod page_tables;
-
+pub mod qemu_stream;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;

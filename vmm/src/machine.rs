@@ -73,6 +73,10 @@ pub enum MachineError {
     UnhandledExit(String),
     #[error("there is no snapshot to restore")]
     NoSnapshot,
+    #[error(transparent)]
+    QemuStream(#[from] crate::qemu_stream::QemuStreamError),
+    #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
 }
 
 /// A VM ready to run. Fields are private: everything goes through the methods.
@@ -83,6 +87,8 @@ pub struct Machine {
     vcpu: VcpuFd,
     devices: DeviceManager,
     vm_fd: Arc<VmFd>,
+    /// Read-only firmware outside RAM (a machine imported from QEMU's pc/q35).
+    firmware: Vec<crate::firmware::FirmwareMapping>,
     _kvm: Kvm,
     ram: GuestRam,
     control: VmControl,
@@ -186,6 +192,50 @@ impl Machine {
         Self::resume(saved.state, saved.memory, options)
     }
 
+    /// Resumes a machine loaded from a QEMU migration stream (`qemu_stream::import_stream`): its
+    /// state and RAM as `resume` takes them, plus the firmware QEMU mapped outside RAM.
+    pub fn from_qemu_stream(
+        imported: crate::qemu_stream::ImportedStream,
+        options: &ResumeOptions,
+    ) -> Result<Machine, MachineError> {
+        let mut machine = Self::resume(imported.state, imported.memory, options)?;
+        for (index, image) in imported.firmware.iter().enumerate() {
+            machine.firmware.push(crate::firmware::FirmwareMapping::map(
+                &machine.vm_fd,
+                index,
+                image.guest_phys_addr,
+                &image.bytes,
+            )?);
+        }
+        Ok(machine)
+    }
+
+    /// Writes the machine as it is now as a QEMU 7.2 `microvm` stream (see `qemu_stream`);
+    /// `running`: QEMU starts the guest once loaded.
+    pub fn export_qemu_stream<W: std::io::Write>(
+        &mut self,
+        running: bool,
+        out: W,
+    ) -> Result<W, MachineError> {
+        let state = self.current_state()?;
+        let clocks = crate::qemu_stream::CaptureClocks::now();
+        let regions: Vec<(u64, &[u8])> = self
+            .ram
+            .slots()
+            .into_iter()
+            .map(|(guest_addr, len, host_addr)| {
+                // SAFETY: each slot is a live mapping of `len` bytes of guest RAM owned by
+                // `self.ram`; the vCPU does not run while `&mut self` is held.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(host_addr as *const u8, len as usize) };
+                (guest_addr, bytes)
+            })
+            .collect();
+        Ok(crate::qemu_stream::export_regions(
+            &state, &regions, clocks, running, out,
+        )?)
+    }
+
     /// The one assembly path of booted and resumed machines: KVM VM, devices, vCPU with its CPU
     /// model, snapshot engine.
     fn build(
@@ -235,6 +285,7 @@ impl Machine {
             vcpu: parts.vcpu,
             devices: parts.devices,
             vm_fd: parts.vm_fd,
+            firmware: Vec::new(),
             _kvm: parts.kvm,
             ram,
             control: VmControl::new(),

@@ -48,13 +48,25 @@ pub fn serial_to_device(section: &SerialSection) -> SerialDeviceState {
         baud_divisor_low: low,
         baud_divisor_high: high,
         interrupt_enable: section.ier,
-        interrupt_identification: section.iir,
+        interrupt_identification: iir_to_device(section.iir),
         line_control: section.lcr,
         line_status: section.lsr,
         modem_control: section.mcr,
         modem_status: section.msr,
         scratch: section.scr,
         in_buffer,
+    }
+}
+
+/// QEMU's IIR carries the FIFO-enabled bits (0xC0) and the interrupt kinds of a full 16550;
+/// snapvmm's UART (vm-superio) keeps only "none", "THR empty" and "data ready" and adds the FIFO
+/// bits when the guest reads IIR.
+fn iir_to_device(iir: u8) -> u8 {
+    match iir & 0x0f {
+        0x02 => 0x02,
+        // Received data, line status, character timeout: data is waiting.
+        0x04 | 0x06 | 0x0c => 0x04,
+        _ => 0x01,
     }
 }
 

@@ -98,6 +98,7 @@ pub fn import_machine<R: Read>(
     let mut kvmclock = None;
     let mut serial = None;
     let mut cmos = None;
+    let mut rtc_realtime_ns = None;
     let mut running = true;
     let mut skipped_sections = Vec::new();
     for section in &parsed.sections {
@@ -114,7 +115,10 @@ pub fn import_machine<R: Read>(
             SectionState::Serial(s) if instance == 0 => {
                 serial = Some(device_map::serial_to_device(s))
             }
-            SectionState::Rtc(r) => cmos = Some(device_map::rtc_to_cmos(r)),
+            SectionState::Rtc(r) => {
+                cmos = Some(device_map::rtc_to_cmos(r));
+                rtc_realtime_ns = Some(r.last_update);
+            }
             SectionState::GlobalState(g) => running = g.runstate == "running",
             _ => skipped_sections.push(format!("{}/{}", section.idstr, instance)),
         }
@@ -153,6 +157,14 @@ pub fn import_machine<R: Read>(
         clock: kvm_clock_data {
             // A TCG stream has no kvmclock: the virtual clock is the guest's time then.
             clock: kvmclock.unwrap_or(virtual_clock_ns.max(0) as u64),
+            // The wall-clock time the CMOS offset was taken against (the RTC's last update),
+            // so that exporting the state again gives the same RTC section.
+            flags: if rtc_realtime_ns.is_some() {
+                kvm_bindings::KVM_CLOCK_REALTIME
+            } else {
+                0
+            },
+            realtime: rtc_realtime_ns.unwrap_or(0),
             ..Default::default()
         },
     };
