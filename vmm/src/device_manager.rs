@@ -1,5 +1,6 @@
 //! The VM's devices, how guest accesses reach them, and their state as one saveable set.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::acpi_pm::{AcpiPmDevice, AcpiPmState, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
@@ -118,6 +119,11 @@ pub struct DeviceManager {
     mapped_bars: Vec<MappedBar>,
     /// BAR placements KVM refused, for rate-limiting their warnings.
     unmappable_bars: u64,
+    /// Whether a device may have left the state of the last snapshot (`mark_saved`) or restore:
+    /// set by every port access, every MMIO write but a snapshot-device command (which only
+    /// changes host state), and serial input from the host. While clear, a restore has nothing
+    /// to put back (`--verify-restores` compares the states after every restore either way).
+    touched: Arc<AtomicBool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,6 +225,7 @@ impl DeviceManager {
             snapshot_slot: options.snapshot_slot,
             mapped_bars,
             unmappable_bars: 0,
+            touched: Arc::new(AtomicBool::new(true)),
         };
         let relocations = lock(&manager.pci)
             .add_device(options.snapshot_slot, Box::new(snapshot_device))
@@ -255,7 +262,18 @@ impl DeviceManager {
     pub fn serial_input(&self) -> SerialInput {
         SerialInput {
             serial: self.serial.clone(),
+            touched: self.touched.clone(),
         }
+    }
+
+    /// The devices' states were just captured for a snapshot: until a guest access, a restore
+    /// to it has nothing to do.
+    pub fn mark_saved(&self) {
+        self.touched.store(false, Ordering::SeqCst);
+    }
+
+    fn touch(&self) {
+        self.touched.store(true, Ordering::Relaxed);
     }
 
     /// Captures every device's state.
@@ -273,6 +291,16 @@ impl DeviceManager {
     /// Rolls every device back to `states` in place, then follows the BARs the restored config
     /// space decodes. Host-side counters of the snapshot device are not state and stay.
     pub fn restore_states(&mut self, states: &DeviceStates) -> Result<(), DeviceManagerError> {
+        if !self.touched.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.restore_states_always(states)?;
+        self.touched.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `restore_states` without the shortcut.
+    fn restore_states_always(&mut self, states: &DeviceStates) -> Result<(), DeviceManagerError> {
         let rejected = |e: devices::PersistError| DeviceManagerError::State(e.to_string());
         lock(&self.serial)
             .restore_in_place(&states.serial)
@@ -387,10 +415,13 @@ impl DeviceManager {
 
 impl IoBus for DeviceManager {
     fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        // Reads change state too (a UART's receive FIFO, the PCI address latch's use).
+        self.touch();
         self.pio.read(port, data);
     }
 
     fn pio_write(&mut self, port: u16, data: &[u8]) -> DeviceAction {
+        self.touch();
         let action = self.pio.write(port, data);
         self.follow_bars(action)
     }
@@ -402,6 +433,11 @@ impl IoBus for DeviceManager {
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> DeviceAction {
         let action = lock(&self.pci).mmio_write(addr, data);
+        // A snapshot-device command changes host state only (STATUS, FAULT_PC, statistics);
+        // ARG, FAULT_PC writes and anything else may change a device's saved state.
+        if !matches!(action, DeviceAction::Snapshot(_)) {
+            self.touch();
+        }
         self.follow_bars(action)
     }
 }
@@ -410,11 +446,14 @@ impl IoBus for DeviceManager {
 #[derive(Clone)]
 pub struct SerialInput {
     serial: Arc<Mutex<SerialDevice>>,
+    touched: Arc<AtomicBool>,
 }
 
 impl SerialInput {
     /// Queues `bytes` for the guest to read (raising COM1's interrupt as the device decides).
     pub fn push(&self, bytes: &[u8]) {
-        lock(&self.serial).enqueue_input(bytes);
+        let mut serial = lock(&self.serial);
+        self.touched.store(true, Ordering::SeqCst);
+        serial.enqueue_input(bytes);
     }
 }

@@ -258,6 +258,7 @@ impl SnapshotEngine {
         let vcpu_state = capture_vcpu(vm.vcpu, 0, &self.vcpu_layout)?;
         let vm_state = capture_vm_wide(vm.vm_fd)?;
         let devices = vm.devices.save_states();
+        vm.devices.mark_saved();
 
         // A capture still running belongs to the snapshot being replaced: finish it, so that
         // its userfaultfd registration is gone before the new capture registers the same RAM.
