@@ -334,6 +334,15 @@ impl IrqchipState {
         }
     }
 
+    /// Whether `chip` (from KVM_GET_IRQCHIP) is this state, without building one from it.
+    pub fn is_kvm(&self, chip: &kvm_irqchip) -> bool {
+        // SAFETY: as in `from_kvm`.
+        let raw = unsafe { chip.chip.dummy };
+        chip.chip_id == self.chip_id
+            && raw.len() == self.bytes.len()
+            && raw.iter().zip(&self.bytes).all(|(&a, &b)| a as u8 == b)
+    }
+
     /// The value for KVM_SET_IRQCHIP (short byte strings are zero-padded; validate first).
     pub fn to_kvm(&self) -> kvm_irqchip {
         let mut raw = [0 as std::os::raw::c_char; IRQCHIP_STATE_LEN];

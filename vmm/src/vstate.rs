@@ -249,6 +249,10 @@ pub fn restore_vcpu_fast(
 }
 
 fn get_chip(vm_fd: &VmFd, chip_id: u32) -> Result<IrqchipState, VstateError> {
+    Ok(IrqchipState::from_kvm(&get_raw_chip(vm_fd, chip_id)?))
+}
+
+fn get_raw_chip(vm_fd: &VmFd, chip_id: u32) -> Result<kvm_irqchip, VstateError> {
     let mut chip = kvm_irqchip {
         chip_id,
         ..Default::default()
@@ -256,7 +260,7 @@ fn get_chip(vm_fd: &VmFd, chip_id: u32) -> Result<IrqchipState, VstateError> {
     vm_fd
         .get_irqchip(&mut chip)
         .map_err(kvm_err("GET_IRQCHIP"))?;
-    Ok(IrqchipState::from_kvm(&chip))
+    Ok(chip)
 }
 
 /// The VM-wide state: interrupt controllers, PIT and clock.
@@ -279,7 +283,7 @@ pub fn restore_vm_wide(vm_fd: &VmFd, state: &VmState, with_clock: bool) -> Resul
         // while setting it is not (an IOAPIC write makes the vCPU rescan its interrupt routes
         // at the next entry), and a round rarely changes either controller. Setting equal values
         // would change nothing the guest can see.
-        if !with_clock && get_chip(vm_fd, chip.chip_id)? == *chip {
+        if !with_clock && chip.is_kvm(&get_raw_chip(vm_fd, chip.chip_id)?) {
             continue;
         }
         vm_fd

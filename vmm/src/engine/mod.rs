@@ -317,17 +317,33 @@ impl SnapshotEngine {
         )?;
         self.stats.last_capture_stall = capture.stall();
         self.dirty.clear();
+        let ram = SnapshotRam::Capturing(capture);
+        self.install_snapshot(vm, vcpu_state, vm_state, devices, ram, false, started)
+    }
 
+    /// Makes the captured state the current snapshot (RAM captured or in capture) and counts
+    /// the SAVE.
+    #[allow(clippy::too_many_arguments)]
+    fn install_snapshot(
+        &mut self,
+        vm: &VmParts,
+        vcpu_state: VcpuState,
+        vm_state: VmState,
+        devices: DeviceStates,
+        ram: SnapshotRam,
+        remapped: bool,
+        started: Instant,
+    ) -> Result<(), EngineError> {
         let page_tables = self.shadow.record(&vcpu_state, vm.ram, &self.slots);
         self.snapshot = Some(Snapshot {
             xsave: prepare_xsave(&vcpu_state, &self.vcpu_layout)?,
             vcpu: vcpu_state,
             vm: vm_state,
             devices,
-            ram: SnapshotRam::Capturing(capture),
+            ram,
             origin: MemoryOrigin::Captured,
             page_tables,
-            remapped: false,
+            remapped,
         });
         self.stats.saves += 1;
         self.stats.last_save_stall = started.elapsed();
@@ -354,22 +370,9 @@ impl SnapshotEngine {
         self.slots.write_pages_into(&memory, &self.dirty)?;
         self.stats.pages_saved_in_place += self.dirty.len() as u64;
         self.dirty.clear();
-        let page_tables = self.shadow.record(&vcpu_state, vm.ram, &self.slots);
-        self.snapshot = Some(Snapshot {
-            xsave: prepare_xsave(&vcpu_state, &self.vcpu_layout)?,
-            vcpu: vcpu_state,
-            vm: vm_state,
-            devices,
-            ram: SnapshotRam::Ready(memory),
-            origin: MemoryOrigin::Captured,
-            page_tables,
-            remapped: true,
-        });
         self.stats.last_capture_stall = started.elapsed();
-        self.stats.saves += 1;
-        self.stats.last_save_stall = started.elapsed();
-        self.stats.first_save_done.get_or_insert_with(Instant::now);
-        Ok(())
+        let ram = SnapshotRam::Ready(memory);
+        self.install_snapshot(vm, vcpu_state, vm_state, devices, ram, true, started)
     }
 
     /// Takes the current snapshot out, its RAM capture finished.
