@@ -144,13 +144,13 @@ impl<T: FuzzTarget, OT> TargetExecutor<T, OT> {
         let Some(log) = self.target.comparison_log() else {
             return Ok(Vec::new());
         };
-        crate::cmplog::arm(log, true);
+        crate::comparison_log::arm(log, true);
         let input = input.get(..self.max_input_len).unwrap_or(input);
         let ran = self.target.run(input, self.timeout);
         let values = match self.target.comparison_log() {
             Some(log) => {
-                let values = crate::cmplog::parse(log);
-                crate::cmplog::arm(log, false);
+                let values = crate::comparison_log::parse(log);
+                crate::comparison_log::arm(log, false);
                 values
             }
             None => Vec::new(),

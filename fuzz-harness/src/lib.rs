@@ -18,6 +18,7 @@
 
 pub mod campaign;
 pub mod cmplog;
+pub mod comparison_log;
 pub mod coverage;
 pub mod dictionary;
 pub mod executor;

@@ -36,7 +36,7 @@ pub trait FuzzTarget {
     fn coverage_map(&mut self) -> &mut [u8];
 
     /// The target's comparison log (the snapshot device's BAR1 for the VM), if it has one; see
-    /// `cmplog` for the layout. The engine turns it on for one run per queue entry.
+    /// `comparison_log` for the layout. The engine turns it on for one run per queue entry.
     fn comparison_log(&mut self) -> Option<&mut [u8]> {
         None
     }
