@@ -127,6 +127,9 @@ def snapvmm_case(snapvmm, guest, work, mem_mib, fill_mib):
     qmp.migrate(f"exec:cat > /dev/null")
     wall, total = qmp.migrate(f"exec:cat > {stream}")
     figures['QMP migrate "exec:cat > F" (stopped guest)'] = wall
+    os.remove(stream)
+    wall, total = qmp.migrate(f"file:{stream}")
+    figures['QMP migrate "file:F" (stopped guest)'] = wall
     qmp.quit()
     vm.wait()
     figures["import (offline: file -> snapshot dir)"], result = timed(
@@ -141,6 +144,16 @@ def snapvmm_case(snapvmm, guest, work, mem_mib, fill_mib):
     qmp = Qmp(socket_path)
     assert qmp.status() == "paused"
     figures['run --incoming "exec:cat F" (to the guest loaded)'] = time.time() - start
+    qmp.quit()
+    vm.wait()
+    start = time.time()
+    vm = subprocess.Popen([snapvmm, "run", "--incoming", f"file:{stream}", "--paused",
+                           "--serial", "file:/dev/null",
+                           "--qmp", f"unix:{socket_path},server=on,wait=off"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qmp = Qmp(socket_path)
+    assert qmp.status() == "paused"
+    figures['run --incoming "file:F" (to the guest loaded)'] = time.time() - start
     qmp.quit()
     vm.wait()
     os.remove(stream)

@@ -15,6 +15,7 @@
 pub mod format;
 pub mod hflags;
 pub mod machine;
+pub mod page_batch;
 pub mod ram;
 pub mod reader;
 pub mod sections;

@@ -54,6 +54,16 @@ pub trait RamSink {
     fn begin(&mut self, machine: &str, blocks: &[RamBlock]) -> Result<(), RamAccessError>;
     /// A 4096-byte page.
     fn write_page(&mut self, block: &str, offset: u64, data: &[u8]) -> Result<(), RamAccessError>;
+    /// Where the page at `offset` of `block` may be read to directly, which saves the reader a
+    /// copy; `None` (the default): the reader hands the page to `write_page` instead. The page
+    /// counts as written once the reader has filled the buffer.
+    fn page_buffer(
+        &mut self,
+        _block: &str,
+        _offset: u64,
+    ) -> Result<Option<&mut [u8]>, RamAccessError> {
+        Ok(None)
+    }
     /// A page filled with `byte` (QEMU's zero page; 7.2 honours any fill byte).
     fn fill(&mut self, block: &str, offset: u64, byte: u8) -> Result<(), RamAccessError>;
 }
@@ -64,6 +74,12 @@ pub trait RamSource {
     /// Fills `buf` (4096 bytes) with the page at `offset` of `block`.
     fn read_page(&mut self, block: &str, offset: u64, buf: &mut [u8])
         -> Result<(), RamAccessError>;
+    /// The page at `offset` of `block` where the source keeps it, for a writer that sends it
+    /// without copying; `None` (the default) when the source cannot lend pages, which it must
+    /// then decline for every page.
+    fn page(&self, _block: &str, _offset: u64) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Reader limits on RAM.
@@ -123,9 +139,14 @@ impl RamDecoder {
                 }
                 ram_flags::PAGE => {
                     self.block_for(wire, flags, addr)?;
-                    wire.read_exact(&mut page)?;
                     let block = self.current_name();
-                    sink.write_page(block, addr, &page)?;
+                    match sink.page_buffer(block, addr)? {
+                        Some(buffer) => wire.read_exact(buffer)?,
+                        None => {
+                            wire.read_exact(&mut page)?;
+                            sink.write_page(block, addr, &page)?;
+                        }
+                    }
                     self.stats.pages += 1;
                 }
                 ram_flags::EOS => return Ok(()),
@@ -286,12 +307,28 @@ impl RamEncoder {
         offset: u64,
         page: &[u8],
     ) -> Result<(), WireError> {
+        if self.write_page_header(out, block, offset, page)? {
+            out.write_all(page)?;
+        }
+        Ok(())
+    }
+
+    /// The record of `page` without its data: the whole ZERO record when the page is all
+    /// zeros, else the PAGE header. Returns whether the page's bytes must follow.
+    pub fn write_page_header<W: Write>(
+        &mut self,
+        out: &mut W,
+        block: &str,
+        offset: u64,
+        page: &[u8],
+    ) -> Result<bool, WireError> {
         if is_zero_page(page) {
             self.header(out, block, offset, ram_flags::ZERO)?;
-            out.put_u8(0)
+            out.put_u8(0)?;
+            Ok(false)
         } else {
             self.header(out, block, offset, ram_flags::PAGE)?;
-            Ok(out.write_all(page)?)
+            Ok(true)
         }
     }
 

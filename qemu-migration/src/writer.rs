@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::format::{self, PAGE_SIZE, RAM_IDSTR, RAM_VERSION};
+use crate::page_batch::PageBatch;
 use crate::ram::{RamAccessError, RamBlock, RamEncoder, RamSource};
 use crate::reader::Section;
 use crate::vmstate::BodyWriter;
@@ -112,6 +113,73 @@ impl<W: Write> StreamWriter<W> {
         self.ram_encoder.write_eos(&mut self.out)?;
         self.footer(section_id)?;
 
+        let lends_pages = blocks
+            .iter()
+            .find(|block| block.used_length > 0)
+            .is_none_or(|block| source.page(&block.name, 0).is_some());
+        if lends_pages {
+            self.write_lent_pages(section_id, blocks, source)?;
+        } else {
+            self.write_copied_pages(section_id, blocks, source)?;
+        }
+        self.out.put_u8(format::SECTION_END)?;
+        self.out.put_be32(section_id)?;
+        self.ram_encoder.write_eos(&mut self.out)?;
+        self.footer(section_id)
+    }
+
+    /// The PART chunks, pages sent from where the source keeps them (see `PageBatch`).
+    fn write_lent_pages(
+        &mut self,
+        section_id: u32,
+        blocks: &[RamBlock],
+        source: &dyn RamSource,
+    ) -> Result<(), WriteError> {
+        let mut batch = PageBatch::default();
+        let mut in_chunk = 0usize;
+        for block in blocks {
+            for offset in (0..block.used_length).step_by(PAGE_SIZE) {
+                if in_chunk == 0 {
+                    batch.small().put_u8(format::SECTION_PART)?;
+                    batch.small().put_be32(section_id)?;
+                }
+                let page = source.page(&block.name, offset).ok_or_else(|| {
+                    RamAccessError(format!("page {offset:#x} of {:?} is missing", block.name))
+                })?;
+                if self
+                    .ram_encoder
+                    .write_page_header(batch.small(), &block.name, offset, page)?
+                {
+                    batch.push_page(page);
+                }
+                in_chunk += 1;
+                if in_chunk == self.pages_per_chunk {
+                    self.ram_encoder.write_eos(batch.small())?;
+                    batch.small().put_u8(format::SECTION_FOOTER)?;
+                    batch.small().put_be32(section_id)?;
+                    in_chunk = 0;
+                }
+                if batch.is_full() {
+                    batch.write_to(&mut self.out)?;
+                }
+            }
+        }
+        if in_chunk > 0 {
+            self.ram_encoder.write_eos(batch.small())?;
+            batch.small().put_u8(format::SECTION_FOOTER)?;
+            batch.small().put_be32(section_id)?;
+        }
+        batch.write_to(&mut self.out)?;
+        Ok(())
+    }
+
+    /// The PART chunks, each page copied out of the source first.
+    fn write_copied_pages(
+        &mut self,
+        section_id: u32,
+        blocks: &[RamBlock],
+        source: &mut dyn RamSource,
+    ) -> Result<(), WriteError> {
         let mut page = vec![0u8; PAGE_SIZE];
         let mut in_chunk = 0usize;
         for block in blocks {
@@ -135,10 +203,7 @@ impl<W: Write> StreamWriter<W> {
             self.ram_encoder.write_eos(&mut self.out)?;
             self.footer(section_id)?;
         }
-        self.out.put_u8(format::SECTION_END)?;
-        self.out.put_be32(section_id)?;
-        self.ram_encoder.write_eos(&mut self.out)?;
-        self.footer(section_id)
+        Ok(())
     }
 
     /// One FULL device section, and its vmdesc entry.

@@ -35,6 +35,7 @@
 //! - `disk.rs`: snapshots on disk; `machine_state.rs`: the state as one validated value.
 
 pub mod arch;
+pub mod background_writer;
 pub mod boot;
 pub mod config;
 pub mod control;

@@ -20,12 +20,15 @@ use qemu_migration::{
 use thiserror::Error;
 
 use crate::arch::layout::ram_ranges;
+use crate::background_writer::{self, BackgroundWriter};
 use crate::device_manager::{DeviceOptions, DeviceStates};
 use crate::machine_state::{DeviceLayout, MachineState, MachineStateError};
 use crate::memory::{MAX_MEM_BYTES, MIN_MEM_BYTES};
 
 const MSR_MCG_CAP: u32 = 0x179;
 const MSR_MCG_CTL: u32 = 0x17b;
+/// The stream's page size (records carry whole 4 KiB pages).
+const STREAM_PAGE_SIZE: usize = 4096;
 
 /// Firmware outside RAM larger than this is refused (QEMU's BIOS images are 128-256 KiB).
 pub const MAX_FIRMWARE_BYTES: u64 = 16 << 20;
@@ -46,6 +49,8 @@ pub enum QemuStreamError {
     State(#[from] MachineStateError),
     #[error("cannot create the RAM file for the imported guest: {0}")]
     RamFile(std::io::Error),
+    #[error("cannot write the imported guest's RAM: {0}")]
+    RamWrite(std::io::Error),
     #[error("cannot map the guest's memory: {0}")]
     Map(std::io::Error),
     #[error(transparent)]
@@ -97,6 +102,8 @@ pub fn import_stream<R: Read>(
         // The sink's own refusal names the real reason (size, layout); prefer it.
         Err(error) => return Err(memory.failure.take().unwrap_or(error.into())),
     };
+    memory.sync().map_err(QemuStreamError::RamWrite)?;
+    memory.writer.take();
     let Some(file) = memory.file.take() else {
         return Err(QemuStreamError::RamSize(0));
     };
@@ -359,15 +366,23 @@ impl StreamMemory for ExportMemory<'_> {
     }
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError> {
         let source = self
-            .ram
-            .iter()
-            .find_map(|(start, bytes)| {
-                let offset = usize::try_from(gpa.checked_sub(*start)?).ok()?;
-                bytes.get(offset..offset.checked_add(buf.len())?)
-            })
+            .slice(gpa, buf.len())
             .ok_or_else(|| RamAccessError(format!("{gpa:#x} is not guest RAM")))?;
         buf.copy_from_slice(source);
         Ok(())
+    }
+    fn page(&self, gpa: u64) -> Option<&[u8]> {
+        self.slice(gpa, STREAM_PAGE_SIZE)
+    }
+}
+
+impl ExportMemory<'_> {
+    /// `len` bytes of guest RAM at `gpa`.
+    fn slice(&self, gpa: u64, len: usize) -> Option<&[u8]> {
+        self.ram.iter().find_map(|(start, bytes)| {
+            let offset = usize::try_from(gpa.checked_sub(*start)?).ok()?;
+            bytes.get(offset..offset.checked_add(len)?)
+        })
     }
 }
 
@@ -379,9 +394,63 @@ struct ImportMemory {
     mem_bytes: u64,
     firmware: Vec<FirmwareImage>,
     failure: Option<QemuStreamError>,
+    /// RAM pages received but not yet handed to `writer`: one contiguous run of the RAM file
+    /// from `pending_offset` (see `write_ram`).
+    pending: Vec<u8>,
+    pending_offset: u64,
+    /// Writes the runs into the RAM file on a thread of its own, beside the stream's decoding.
+    writer: Option<BackgroundWriter>,
 }
 
 impl ImportMemory {
+    /// Queues `data` for the RAM file at `offset` (see `reserve_ram`).
+    fn write_ram(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.reserve_ram(offset, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The next `len` bytes of the queued run, for the RAM file at `offset`; the queued run goes
+    /// to the writer thread first when `offset` does not continue it. A stream's pages come in
+    /// address order, so runs are long: one pwrite per 2 MiB instead of one per page, and a
+    /// whole run also spares the memfd zeroing the rest of a large page-cache folio that a single
+    /// page only partly fills.
+    fn reserve_ram(&mut self, offset: u64, len: usize) -> std::io::Result<&mut [u8]> {
+        let continues = self.pending_offset + self.pending.len() as u64 == offset;
+        if !continues || self.pending.len() + len > background_writer::RUN_CAP {
+            self.flush_pending()?;
+            self.pending_offset = offset;
+        }
+        if self.pending.capacity() == 0 {
+            if let Some(writer) = &self.writer {
+                self.pending = writer.buffer()?;
+            }
+        }
+        let start = self.pending.len();
+        self.pending.resize(start + len, 0);
+        Ok(self.pending.get_mut(start..).unwrap_or_default())
+    }
+
+    /// Hands the queued run of pages to the writer thread.
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(&mut self.pending);
+        match &self.writer {
+            Some(writer) => writer.write_at(self.pending_offset, run),
+            None => Err(std::io::Error::other("no RAM file to write")),
+        }
+    }
+
+    /// Everything received is in the RAM file.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush_pending()?;
+        match &self.writer {
+            Some(writer) => writer.sync(),
+            None => Ok(()),
+        }
+    }
+
     fn refuse(&mut self, error: QemuStreamError) -> RamAccessError {
         let access = RamAccessError(error.to_string());
         self.failure = Some(error);
@@ -442,6 +511,11 @@ impl StreamMemory for ImportMemory {
             Ok(file) => file,
             Err(error) => return Err(self.refuse(QemuStreamError::RamFile(error))),
         };
+        let writer = match file.try_clone().and_then(BackgroundWriter::new) {
+            Ok(writer) => writer,
+            Err(error) => return Err(self.refuse(QemuStreamError::RamFile(error))),
+        };
+        self.writer = Some(writer);
         self.file = Some(file);
         self.mem_bytes = mem_bytes;
         self.firmware = firmware
@@ -457,15 +531,26 @@ impl StreamMemory for ImportMemory {
     // RAM goes in with pwrite, not through a mapping: a page written into a memfd costs no page
     // fault and no zeroing of the page first.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError> {
-        match self.target(gpa, data.len())? {
-            Target::Ram(file, offset) => file
-                .write_all_at(data, offset)
-                .map_err(|e| RamAccessError(format!("writing guest RAM at {gpa:#x}: {e}"))),
+        let offset = match self.target(gpa, data.len())? {
+            Target::Ram(_, offset) => offset,
             Target::Firmware(bytes) => {
                 bytes.copy_from_slice(data);
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        self.write_ram(offset, data)
+            .map_err(|e| RamAccessError(format!("writing guest RAM at {gpa:#x}: {e}")))
+    }
+
+    fn page_buffer(&mut self, gpa: u64) -> Result<Option<&mut [u8]>, RamAccessError> {
+        let offset = match self.target(gpa, STREAM_PAGE_SIZE)? {
+            Target::Ram(_, offset) => offset,
+            // Firmware pages are few: they come through `write`.
+            Target::Firmware(_) => return Ok(None),
+        };
+        self.reserve_ram(offset, STREAM_PAGE_SIZE)
+            .map(Some)
+            .map_err(|e| RamAccessError(format!("writing guest RAM at {gpa:#x}: {e}")))
     }
 
     fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError> {
@@ -480,6 +565,8 @@ impl StreamMemory for ImportMemory {
     }
 
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError> {
+        self.sync()
+            .map_err(|e| RamAccessError(format!("writing guest RAM: {e}")))?;
         match self.target(gpa, buf.len())? {
             Target::Ram(file, offset) => file
                 .read_exact_at(buf, offset)

@@ -248,6 +248,45 @@ pub fn restore_vcpu_fast(
     Ok(())
 }
 
+/// LAPIC register offsets the fast restore looks at.
+const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_TIMER_INITIAL_COUNT: usize = 0x380;
+/// LVT mask bit, and the timer mode field (0 one-shot, 1 periodic, 2 TSC deadline).
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_TIMER_MODE_SHIFT: u32 = 17;
+const LVT_TIMER_TSC_DEADLINE: u32 = 2;
+
+/// Whether the fast restore (which leaves the LAPIC and the MSRs alone) would miss LAPIC
+/// state: the run changed the LAPIC (a guest kernel took an interrupt, acknowledged it or
+/// reprogrammed its timer; reads one vCPU ioctl), or the snapshot's LAPIC timer is armed, whose
+/// countdown only a full restore starts again from the snapshot's (a TSC-deadline timer lives in
+/// an MSR). The current-count register moves with time and is not compared.
+pub fn lapic_needs_restore(vcpu: &VcpuFd, state: &VcpuState) -> Result<bool, VstateError> {
+    let word = |regs: &[u8], offset: usize| {
+        regs.get(offset..offset + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    let lvtt = word(&state.lapic, LAPIC_LVT_TIMER);
+    let mode = (lvtt >> LVT_TIMER_MODE_SHIFT) & 3;
+    let armed = lvtt & LVT_MASKED == 0
+        && (mode == LVT_TIMER_TSC_DEADLINE || word(&state.lapic, LAPIC_TIMER_INITIAL_COUNT) != 0);
+    if armed {
+        return Ok(true);
+    }
+    let now = vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
+    let differs = now
+        .regs
+        .iter()
+        .zip(&state.lapic)
+        .enumerate()
+        .any(|(offset, (&now, &then))| {
+            now as u8 != then
+                && !(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4).contains(&offset)
+        });
+    Ok(differs)
+}
+
 fn get_chip(vm_fd: &VmFd, chip_id: u32) -> Result<IrqchipState, VstateError> {
     Ok(IrqchipState::from_kvm(&get_raw_chip(vm_fd, chip_id)?))
 }

@@ -172,6 +172,16 @@ pub trait GuestMemory {
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), RamAccessError>;
     fn fill(&mut self, gpa: u64, len: usize, byte: u8) -> Result<(), RamAccessError>;
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), RamAccessError>;
+    /// The 4096 bytes the page at `gpa` is to be read into directly (see
+    /// [`RamSink::page_buffer`]); `None` (the default): pages come through `write`.
+    fn page_buffer(&mut self, _gpa: u64) -> Result<Option<&mut [u8]>, RamAccessError> {
+        Ok(None)
+    }
+    /// The 4096 bytes at `gpa` where the memory keeps them (see [`RamSource::page`]); `None`
+    /// (the default): pages are read with `read`.
+    fn page(&self, _gpa: u64) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A [`RamSink`] that writes a stream's pages into guest memory by placement.
@@ -292,6 +302,18 @@ impl RamSink for GuestRamSink<'_> {
         self.memory.write(gpa, data)
     }
 
+    fn page_buffer(
+        &mut self,
+        block: &str,
+        offset: u64,
+    ) -> Result<Option<&mut [u8]>, RamAccessError> {
+        let Some(gpa) = self.target(block, offset)? else {
+            return Ok(None);
+        };
+        self.mark_written(block, offset);
+        self.memory.page_buffer(gpa)
+    }
+
     fn fill(&mut self, block: &str, offset: u64, byte: u8) -> Result<(), RamAccessError> {
         let Some(gpa) = self.target(block, offset)? else {
             return Ok(());
@@ -342,6 +364,14 @@ impl<'a> GuestRamSource<'a> {
     pub fn block(&self) -> &RamBlock {
         &self.block
     }
+
+    /// The guest-physical address of `offset` in the block.
+    fn gpa(&self, offset: u64) -> Option<u64> {
+        self.ranges
+            .iter()
+            .find(|r| offset >= r.block_offset && offset < r.block_offset + r.len)
+            .map(|r| r.gpa + (offset - r.block_offset))
+    }
 }
 
 impl RamSource for GuestRamSource<'_> {
@@ -359,12 +389,16 @@ impl RamSource for GuestRamSource<'_> {
             return Err(RamAccessError(format!("no block {block:?}")));
         }
         let gpa = self
-            .ranges
-            .iter()
-            .find(|r| offset >= r.block_offset && offset < r.block_offset + r.len)
-            .map(|r| r.gpa + (offset - r.block_offset))
+            .gpa(offset)
             .ok_or_else(|| RamAccessError(format!("offset {offset:#x} outside {block:?}")))?;
         self.memory.read(gpa, buf)
+    }
+
+    fn page(&self, block: &str, offset: u64) -> Option<&[u8]> {
+        if block != self.block.name {
+            return None;
+        }
+        self.memory.page(self.gpa(offset)?)
     }
 }
 

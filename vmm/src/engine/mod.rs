@@ -28,8 +28,8 @@ use crate::device_manager::{DeviceManager, DeviceStates};
 use crate::dirty_tracking::{DirtyTracker, DirtyTrackingError, DirtyTrackingMode};
 use crate::memory::GuestRam;
 use crate::vstate::{
-    capture_vcpu, capture_vm_wide, prepare_xsave, restore_vcpu_fast, restore_vcpu_full,
-    restore_vm_wide, VcpuStateLayout, VstateError,
+    capture_vcpu, capture_vm_wide, lapic_needs_restore, prepare_xsave, restore_vcpu_fast,
+    restore_vcpu_full, restore_vm_wide, VcpuStateLayout, VstateError,
 };
 use ram_slots::{RamSlots, RamSlotsError};
 use shadow_mmu::{PageTableTree, ShadowMmuAction, ShadowMmuPolicy, TablePage};
@@ -477,6 +477,9 @@ impl SnapshotEngine {
         let full = full || self.options.vcpu_restore == VcpuRestore::Full;
         let snapshot = self.snapshot.as_ref().ok_or(EngineError::NoSnapshot)?;
         let full = full || privileged_state_may_differ(&sregs_now, &snapshot.vcpu);
+        // A guest kernel may have run during the round (interrupts, system calls) and left its
+        // LAPIC changed although the round ends at CPL3 in the snapshot's address space.
+        let full = full || lapic_needs_restore(vm.vcpu, &snapshot.vcpu)?;
         if full {
             restore_vcpu_full(vm.vcpu, &snapshot.vcpu, &self.vcpu_layout)?;
             self.stats.full_vcpu_restores += 1;
