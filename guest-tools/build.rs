@@ -6,8 +6,9 @@
 //! target `fuzz-targets/<guest>.c` (compiled by clang with coverage instrumentation, linked with
 //! the same gcc-built runtime), the guests that do not use the runtime (`foreign/<name>.c` on
 //! their own entry code, `foreign/common/`), `pvh-hello.elf`, the static Linux programs
-//! `linux-programs/<name>.c` -> `<name>` (glibc, `gcc -static`), and `guests.rs`, the lists that
-//! `src/lib.rs` includes.
+//! `linux-programs/<name>.c` -> `<name>` (glibc, `gcc -static`), the libFuzzer harnesses for Linux
+//! `linux-agent/harnesses/<name>.c` -> `<name>` (clang, statically linked with the guest agent),
+//! and `guests.rs`, the lists that `src/lib.rs` includes.
 
 use std::fmt;
 use std::fs;
@@ -119,6 +120,8 @@ struct Paths {
     fuzz_targets: PathBuf,
     foreign: PathBuf,
     linux_programs: PathBuf,
+    /// The guest agent for Linux and its harnesses (`linux-agent/`).
+    linux_agent: PathBuf,
     pvh_hello: PathBuf,
     out: PathBuf,
     objects: PathBuf,
@@ -164,6 +167,7 @@ fn build() -> BuildResult<()> {
         fuzz_targets: manifest_dir.join("fuzz-targets"),
         foreign: manifest_dir.join("foreign"),
         linux_programs: manifest_dir.join("linux-programs"),
+        linux_agent: manifest_dir.join("linux-agent"),
         pvh_hello: manifest_dir.join("pvh-hello"),
         objects: out.join("obj"),
         out,
@@ -177,6 +181,7 @@ fn build() -> BuildResult<()> {
         "libfuzzer",
         "foreign",
         "linux-programs",
+        "linux-agent",
         "pvh-hello",
     ] {
         println!(
@@ -259,6 +264,7 @@ fn build() -> BuildResult<()> {
             .arg(paths.linux_programs.join(format!("{program}.c"))))?;
         linux_programs.push(program);
     }
+    build_linux_agent_harnesses(&paths, &clang, &mut linux_programs)?;
 
     write_guest_list(
         &paths.out.join("guests.rs"),
@@ -266,6 +272,33 @@ fn build() -> BuildResult<()> {
         &linux_programs,
         &native_harnesses,
     )
+}
+
+/// The libFuzzer harnesses for Linux (`linux-agent/harnesses/<name>.c` -> `<name>`): each linked
+/// statically with the guest agent by `linux-agent/build-harness.sh` (clang, trace-pc-guard and
+/// trace-cmp on the harness only), listed with the Linux programs.
+fn build_linux_agent_harnesses(
+    paths: &Paths,
+    clang: &str,
+    linux_programs: &mut Vec<String>,
+) -> BuildResult<()> {
+    let script = paths.linux_agent.join("build-harness.sh");
+    let harnesses = paths.linux_agent.join("harnesses");
+    for harness in c_programs(&harnesses)? {
+        run(Command::new("bash")
+            .arg(&script)
+            .arg("-o")
+            .arg(paths.out.join(&harness))
+            .arg(harnesses.join(format!("{harness}.c")))
+            .env("CLANG", clang))
+        .map_err(|error| {
+            BuildError(format!(
+                "{error}\n(Linux harnesses need clang 14 and a static glibc: scripts/ensure-deps.sh installs them)"
+            ))
+        })?;
+        linux_programs.push(harness);
+    }
+    Ok(())
 }
 
 /// The runtime objects every runtime guest links with.

@@ -11,7 +11,9 @@
 #                         /guest/{bzImage,vmlinux,initramfs.cpio} for snapvmm inside L1
 #   guest/bzImage         inner Linux guest kernel for snapvmm (the stock 6.12 vmlinuz)
 #   guest/initramfs.cpio  inner guest initramfs (raw cpio): busybox, /init = guest-init.sh, and the
-#                         project's guest programs (guest-tools/linux-programs/*.c) in /usr/bin
+#                         project's guest programs (guest-tools/linux-programs/*.c, and the
+#                         libFuzzer harnesses guest-tools/linux-agent/harnesses/*.c linked with
+#                         the guest agent) in /usr/bin
 #   bin/                  the static lane tools (lane-exec, lane-chat, kvm-check)
 #   manifest.txt          what was used (packages, kernel release, module load order)
 # Downloads are cached in DIR/dl; a second run only rebuilds the archives (a few seconds).
@@ -223,6 +225,17 @@ for source in "$WORKSPACE"/guest-tools/linux-programs/*.c; do
     -o "$GUEST_ROOT/usr/bin/$program" "$source"
   GUEST_PROGRAMS+=("$program")
 done
+# The libFuzzer harnesses for Linux (guest-tools/linux-agent/harnesses/*.c), each statically linked
+# with the guest agent by clang (the same script as guest-tools/build.rs), as /usr/bin/NAME.
+if [ -d "$WORKSPACE/guest-tools/linux-agent/harnesses" ]; then
+  command -v "${CLANG:-clang}" >/dev/null || apt_install clang
+  for source in "$WORKSPACE"/guest-tools/linux-agent/harnesses/*.c; do
+    [ -f "$source" ] || continue
+    program=$(basename "$source" .c)
+    bash "$WORKSPACE/guest-tools/linux-agent/build-harness.sh" -o "$GUEST_ROOT/usr/bin/$program" "$source"
+    GUEST_PROGRAMS+=("$program")
+  done
+fi
 [ -n "$GUEST_EXTRA" ] && cp -a "$GUEST_EXTRA/." "$GUEST_ROOT/"
 pack_cpio "$GUEST_ROOT" "$OUT/guest/initramfs.cpio"
 log "guest programs: ${GUEST_PROGRAMS[*]:-none}"
