@@ -82,6 +82,11 @@ const FUZZ_BUDGET: Duration =
     Duration::from_secs(BOOT_TIMEOUT_SECONDS as u64 + MAX_TIME_SECONDS as u64 + 30);
 const REPRO_BUDGET: Duration = Duration::from_secs(BOOT_TIMEOUT_SECONDS as u64 + 30);
 
+/// Every this many restores of the campaign is compared with the snapshot (RAM, vCPU with its
+/// LAPIC, devices): a Linux guest's kernel takes interrupts and reprograms its timer during runs
+/// that end at CPL3, which a restore must undo too.
+const VERIFY_EVERY: u32 = 10;
+
 /// snapvmm's target options for the guest running `harness`.
 fn guest_args(harness: &str) -> String {
     let cmdline = GUEST_CMDLINE.replace(&format!("run={HARNESS}"), &format!("run={harness}"));
@@ -96,7 +101,7 @@ fn guest_args(harness: &str) -> String {
 fn fuzz_script() -> String {
     format!(
         "snapvmm fuzz {} --out {OUT_DIR} --stop-on-crash --max-time {MAX_TIME_SECONDS} \
-         --boot-timeout {BOOT_TIMEOUT_SECONDS} --serial-log\n\
+         --boot-timeout {BOOT_TIMEOUT_SECONDS} --serial-log --verify-every {VERIFY_EVERY}\n\
          status=$?\n\
          echo \"@@FUZZ status=$status\"\n\
          for crash in {OUT_DIR}/default/crashes/id:*; do\n\

@@ -256,12 +256,14 @@ const LVT_MASKED: u32 = 1 << 16;
 const LVT_TIMER_MODE_SHIFT: u32 = 17;
 const LVT_TIMER_TSC_DEADLINE: u32 = 2;
 
-/// Whether the fast restore (which leaves the LAPIC and the MSRs alone) would miss LAPIC
-/// state: the run changed the LAPIC (a guest kernel took an interrupt, acknowledged it or
-/// reprogrammed its timer; reads one vCPU ioctl), or the snapshot's LAPIC timer is armed, whose
-/// countdown only a full restore starts again from the snapshot's (a TSC-deadline timer lives in
-/// an MSR). The current-count register moves with time and is not compared.
-pub fn lapic_needs_restore(vcpu: &VcpuFd, state: &VcpuState) -> Result<bool, VstateError> {
+/// The LAPIC part of the fast restore: a guest kernel may have run during a round that ends at
+/// CPL3 (timer interrupts, system calls) and left its LAPIC changed: pending or in-service
+/// interrupts, a reprogrammed timer. One GET_LAPIC tells (the current-count register moves with
+/// time and is not compared); the snapshot's LAPIC is then set again, and so it is whenever the
+/// snapshot's timer is armed, whose countdown SET_LAPIC starts again from the snapshot's initial
+/// count (a TSC-deadline timer's deadline is an MSR, written after the LAPIC as KVM requires).
+/// Returns whether the LAPIC was set.
+pub fn restore_lapic_if_changed(vcpu: &VcpuFd, state: &VcpuState) -> Result<bool, VstateError> {
     let word = |regs: &[u8], offset: usize| {
         regs.get(offset..offset + 4)
             .and_then(|b| b.try_into().ok())
@@ -269,22 +271,42 @@ pub fn lapic_needs_restore(vcpu: &VcpuFd, state: &VcpuState) -> Result<bool, Vst
     };
     let lvtt = word(&state.lapic, LAPIC_LVT_TIMER);
     let mode = (lvtt >> LVT_TIMER_MODE_SHIFT) & 3;
-    let armed = lvtt & LVT_MASKED == 0
-        && (mode == LVT_TIMER_TSC_DEADLINE || word(&state.lapic, LAPIC_TIMER_INITIAL_COUNT) != 0);
-    if armed {
-        return Ok(true);
+    let deadline_mode = lvtt & LVT_MASKED == 0 && mode == LVT_TIMER_TSC_DEADLINE;
+    let armed = deadline_mode
+        || (lvtt & LVT_MASKED == 0 && word(&state.lapic, LAPIC_TIMER_INITIAL_COUNT) != 0);
+    if !armed {
+        let now = vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
+        let differs =
+            now.regs
+                .iter()
+                .zip(&state.lapic)
+                .enumerate()
+                .any(|(offset, (&now, &then))| {
+                    now as u8 != then
+                        && !(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4)
+                            .contains(&offset)
+                });
+        if !differs {
+            return Ok(false);
+        }
     }
-    let now = vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
-    let differs = now
-        .regs
-        .iter()
-        .zip(&state.lapic)
-        .enumerate()
-        .any(|(offset, (&now, &then))| {
-            now as u8 != then
-                && !(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4).contains(&offset)
-        });
-    Ok(differs)
+    vcpu.set_lapic(&state.lapic_state())
+        .map_err(kvm_err("SET_LAPIC"))?;
+    if deadline_mode {
+        let deadline = state
+            .msrs
+            .iter()
+            .find(|m| m.index == snapshot::vm_state::msr::IA32_TSC_DEADLINE)
+            .map_or(0, |m| m.value);
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: snapshot::vm_state::msr::IA32_TSC_DEADLINE,
+            data: deadline,
+            ..Default::default()
+        }])
+        .map_err(|_| VstateError::PartialMsrs { got: 0, wanted: 1 })?;
+        vcpu.set_msrs(&msrs).map_err(kvm_err("SET_MSRS"))?;
+    }
+    Ok(true)
 }
 
 fn get_chip(vm_fd: &VmFd, chip_id: u32) -> Result<IrqchipState, VstateError> {
@@ -391,7 +413,21 @@ pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
         }
         lapic
     };
-    check("LAPIC", timeless(saved) == timeless(now));
+    let (lapic_saved, lapic_now) = (timeless(saved), timeless(now));
+    let differing: Vec<String> = lapic_saved
+        .chunks(4)
+        .zip(lapic_now.chunks(4))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .take(8)
+        .map(|(i, (a, b))| {
+            let word = |w: &[u8]| w.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+            format!("{:#05x}: {:#x} -> {:#x}", i * 4, word(a), word(b))
+        })
+        .collect();
+    if !differing.is_empty() || lapic_saved.len() != lapic_now.len() {
+        check(&format!("LAPIC (registers {})", differing.join(", ")), false);
+    }
     for (a, b) in saved.msrs.iter().zip(&now.msrs) {
         let moves_with_time = matches!(
             a.index,

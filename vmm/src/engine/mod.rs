@@ -28,7 +28,7 @@ use crate::device_manager::{DeviceManager, DeviceStates};
 use crate::dirty_tracking::{DirtyTracker, DirtyTrackingError, DirtyTrackingMode};
 use crate::memory::GuestRam;
 use crate::vstate::{
-    capture_vcpu, capture_vm_wide, lapic_needs_restore, prepare_xsave, restore_vcpu_fast,
+    capture_vcpu, capture_vm_wide, prepare_xsave, restore_lapic_if_changed, restore_vcpu_fast,
     restore_vcpu_full, restore_vm_wide, VcpuStateLayout, VstateError,
 };
 use ram_slots::{RamSlots, RamSlotsError};
@@ -477,14 +477,16 @@ impl SnapshotEngine {
         let full = full || self.options.vcpu_restore == VcpuRestore::Full;
         let snapshot = self.snapshot.as_ref().ok_or(EngineError::NoSnapshot)?;
         let full = full || privileged_state_may_differ(&sregs_now, &snapshot.vcpu);
-        // A guest kernel may have run during the round (interrupts, system calls) and left its
-        // LAPIC changed although the round ends at CPL3 in the snapshot's address space.
-        let full = full || lapic_needs_restore(vm.vcpu, &snapshot.vcpu)?;
         if full {
             restore_vcpu_full(vm.vcpu, &snapshot.vcpu, &self.vcpu_layout)?;
             self.stats.full_vcpu_restores += 1;
         } else {
             restore_vcpu_fast(vm.vcpu, &snapshot.vcpu, &snapshot.xsave)?;
+            // A guest kernel may have run during the round (interrupts, system calls) and left
+            // its LAPIC changed although the round ends at CPL3 in the snapshot's address space.
+            if restore_lapic_if_changed(vm.vcpu, &snapshot.vcpu)? {
+                self.stats.lapic_restores += 1;
+            }
         }
         // The fast path leaves the TSC running; kvmclock goes with it so the guest's clocks stay
         // consistent. A full restore puts both back.

@@ -11,6 +11,9 @@ pub struct EngineStats {
     pub saves: u64,
     pub restores: u64,
     pub full_vcpu_restores: u64,
+    /// Fast vCPU restores that also set the LAPIC (a guest kernel changed it during the round,
+    /// or its timer is armed in the snapshot).
+    pub lapic_restores: u64,
     pub pages_restored: u64,
     /// Pages a SAVE over remapped RAM wrote into the previous snapshot's memory (instead of
     /// capturing all of RAM).
@@ -36,7 +39,7 @@ impl EngineStats {
             format!(
                 "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
                  {} pages restored, {} shadow MMU resets, {} A/D invalidations, {:.1} us per restore in the VMM, \
-                 last SAVE stall {:.2} ms{}",
+                 last SAVE stall {:.2} ms{}{}",
                 self.saves,
                 self.restores,
                 self.restores_during_capture,
@@ -49,6 +52,11 @@ impl EngineStats {
                 self.last_save_stall.as_secs_f64() * 1e3,
                 if self.pages_saved_in_place > 0 {
                     format!(", {} pages saved in place", self.pages_saved_in_place)
+                } else {
+                    String::new()
+                },
+                if self.lapic_restores > 0 {
+                    format!(", {} LAPIC restores", self.lapic_restores)
                 } else {
                     String::new()
                 }
