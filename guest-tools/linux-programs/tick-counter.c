@@ -3,7 +3,8 @@
  *
  *   tick-counter [PERIOD_MS]   (default 100)
  *
- * Prints "tick-counter: start pid=P" once, then every PERIOD_MS (nanosleep: the kernel's timer
+ * Prints "tick-counter: start pid=P clockevent=E clocksource=S" once (E and S from sysfs, "?" when
+ * it cannot be read: the kernel's timer device and clock, e.g. lapic-deadline and kvm-clock), then every PERIOD_MS (nanosleep: the kernel's timer
  * interrupts and clock must work) one line
  *
  *   tick N ms=T mem=ok
@@ -42,6 +43,17 @@ static uint64_t monotonic_ms(void) {
     return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
 }
 
+/* The first line of the file `path` without its newline, or "?". */
+static void read_first_line(const char *path, char *out, size_t size) {
+    FILE *file = fopen(path, "r");
+    if (file == NULL || fgets(out, (int)size, file) == NULL) {
+        snprintf(out, size, "?");
+    } else {
+        out[strcspn(out, "\n")] = 0;
+    }
+    if (file != NULL) fclose(file);
+}
+
 static void write_line(const char *line) {
     size_t left = strlen(line);
     while (left > 0) {
@@ -70,8 +82,13 @@ int main(int argc, char **argv) {
     }
     for (uint64_t i = 0; i < PATTERN_BYTES / sizeof(uint64_t); i++) pattern[i] = pattern_word(i, 0);
 
-    char line[160];
-    snprintf(line, sizeof line, "tick-counter: start pid=%d\n", (int)getpid());
+    char line[160], clockevent[48], clocksource[48];
+    read_first_line("/sys/devices/system/clockevents/clockevent0/current_device", clockevent,
+                    sizeof clockevent);
+    read_first_line("/sys/devices/system/clocksource/clocksource0/current_clocksource", clocksource,
+                    sizeof clocksource);
+    snprintf(line, sizeof line, "tick-counter: start pid=%d clockevent=%s clocksource=%s\n",
+             (int)getpid(), clockevent, clocksource);
     write_line(line);
     const uint64_t start_ms = monotonic_ms();
     uint64_t last_ms = 0;
