@@ -45,6 +45,7 @@ const JOB_BUDGET: Duration = Duration::from_secs(150);
 /// files in `<binary>/../share/qemu`).
 const QEMU_IN_L1: &str = "/usr/bin/qemu-system-x86_64";
 const QEMU_FIRMWARE: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+const HOST_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const HOST_QEMU_DATA: &str = "/usr/share/qemu";
 /// Between the source's console and the destination's in a job's output (no newline around it:
 /// the serial byte stream continues where it was cut, even inside a line).
@@ -154,10 +155,35 @@ print_consoles
     )
 }
 
+/// The host's QEMU must be the 7.2 the stream format is written for, with microvm's firmware.
+fn check_host_qemu() {
+    let fix = "install Debian's QEMU 7.2 with `bash guest-tools/linux/build-images.sh` (as root) \
+               or `apt-get install qemu-system-x86`";
+    let version = std::process::Command::new(HOST_QEMU)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|error| panic!("qemu-trip lane: cannot run {HOST_QEMU}: {error}; {fix}"));
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains("version 7.2."),
+        "qemu-trip lane: {HOST_QEMU} is not QEMU 7.2 ({}); {fix}",
+        version.lines().next().unwrap_or_default()
+    );
+    for firmware in QEMU_FIRMWARE {
+        let path = Path::new(HOST_QEMU_DATA).join(firmware);
+        assert!(
+            path.is_file(),
+            "qemu-trip lane: {} is missing; {fix}",
+            path.display()
+        );
+    }
+}
+
 fn trip_lane() -> Lane {
+    check_host_qemu();
     let mut lane = Lane::new("qemu-trip")
         .with_snapvmm()
-        .host_file(QEMU_IN_L1, Path::new("/usr/bin/qemu-system-x86_64"));
+        .host_file(QEMU_IN_L1, Path::new(HOST_QEMU));
     for firmware in QEMU_FIRMWARE {
         lane = lane.host_file(
             &format!("/usr/share/qemu/{firmware}"),
