@@ -5,21 +5,25 @@
 //! The guest is the Debian 6.12 kernel (the PVH `vmlinux`) with the lane's busybox initramfs,
 //! whose init runs guest-tools' `tick-counter` (`linux-programs/tick-counter.c`): its start line
 //! names the kernel's clockevent and clocksource (both jobs check `lapic-deadline` and
-//! `kvm-clock` where the guest booted), then a line
-//! `tick N ms=T mem=ok` every 100 ms, N kept in the process's memory, T from CLOCK_MONOTONIC
-//! (nanosleep needs the guest's timer interrupts and clock), and a 4 MiB heap pattern checked
-//! slice by slice. QEMU (`/usr/bin/qemu-system-x86_64` of this host with its shared libraries,
-//! and the two firmware files microvm needs) is carried into L1 for this boot only (~50 MB);
-//! `lane-qmp` (guest-tools/linux/lane-qmp.c) is L1's QMP client.
+//! `kvm-clock` where the guest booted), then a line `tick N ms=T mem=ok` every 100 ms, N kept in
+//! the process's memory, T from CLOCK_MONOTONIC (nanosleep needs the guest's timer interrupts and
+//! clock), and a 4 MiB heap pattern checked slice by slice. QEMU (`/usr/bin/qemu-system-x86_64`
+//! of this host with its shared libraries, and the two firmware files microvm needs) is
+//! carried into L1 for this boot only (~50 MB); `lane-qmp` (guest-tools/linux/lane-qmp.c) is
+//! L1's QMP client.
 //!
 //! * `linux-to-qemu`: snapvmm boots the guest with `--qmp`; after 10 ticks QMP `stop`, `migrate
 //!   "exec:cat > F"`, `quit`; then `qemu-system-x86_64 -M microvm,rtc=on -accel kvm -cpu host
 //!   -incoming "exec:cat F"` loads it (paused, as it was saved), `cont`, 10 more ticks.
 //! * `qemu-to-linux`: QEMU boots the same kernel and initramfs on `-M microvm,rtc=on` (the
-//!   machine snapvmm's export targets too; pc/q35 would add SeaBIOS at CPL0 and devices snapvmm
-//!   drops, e.g. the HPET and PCI config space a running kernel keeps using), after 10 ticks
-//!   `stop` + `migrate`; `snapvmm run --incoming file:F --qmp ...` (paused, as saved), `cont`, 10
-//!   more ticks.
+//!   machine snapvmm's export targets: the same machine both ways), after 10 ticks `stop` +
+//!   `migrate`; `snapvmm run --incoming file:F --qmp ...` (paused, as saved), `cont`, 10 more
+//!   ticks.
+//!
+//! `-M pc` as the source (SeaBIOS, then the PVH option ROM; `qemu_to_linux("pc")` with
+//! `/usr/share/qemu/kvmvapic.bin` and `/usr/share/seabios/bios-256k.bin` added to L1) went on in
+//! snapvmm the same way once (a 30 s job), and once L1 hung inside that job (no output for its
+//! 150 s budget, lane-exec never ended it, the host killed L1): the lane runs microvm only.
 //!
 //! Each job prints the source's serial console, a marker, and the destination's console: the two
 //! together must count 1, 2, 3, ... with no gap and no repeat (the exact next value after the
@@ -44,9 +48,13 @@ const JOB_BUDGET: Duration = Duration::from_secs(150);
 /// Where the host's QEMU and the firmware microvm needs go inside L1 (QEMU looks for its data
 /// files in `<binary>/../share/qemu`).
 const QEMU_IN_L1: &str = "/usr/bin/qemu-system-x86_64";
-const QEMU_FIRMWARE: &[&str] = &["bios-microvm.bin", "pvh.bin"];
+/// microvm's qboot and the PVH loader option ROM of `-kernel vmlinux`; each goes to the same
+/// path inside L1.
+const QEMU_FIRMWARE: &[&str] = &[
+    "/usr/share/qemu/bios-microvm.bin",
+    "/usr/share/qemu/pvh.bin",
+];
 const HOST_QEMU: &str = "/usr/bin/qemu-system-x86_64";
-const HOST_QEMU_DATA: &str = "/usr/share/qemu";
 /// Between the source's console and the destination's in a job's output (no newline around it:
 /// the serial byte stream continues where it was cut, even inside a line).
 /// The stream file inside L1 (`exec:` commands run in a shell that does not know `$D`).
@@ -82,9 +90,9 @@ fn shell_helpers() -> String {
         .replace("END_MARK", CONSOLE_END)
 }
 
-fn qemu_command(extra: &str) -> String {
+fn qemu_command(machine: &str, extra: &str) -> String {
     format!(
-        "{QEMU_IN_L1} -M microvm,rtc=on -accel kvm -cpu host -m {GUEST_MEM_MIB} -nodefaults \
+        "{QEMU_IN_L1} -M {machine} -accel kvm -cpu host -m {GUEST_MEM_MIB} -nodefaults \
          -display none -serial file:$D/{extra} 2>$D/qemu.err &"
     )
 }
@@ -98,6 +106,7 @@ fn linux_to_qemu() -> String {
          >/dev/null 2>$D/snapvmm.err &"
     );
     let destination = qemu_command(
+        "microvm,rtc=on",
         "destination.serial -qmp unix:$D/q.sock,server=on,wait=off -incoming \"exec:cat $D/vm.bin\"",
     );
     format!(
@@ -124,11 +133,14 @@ print_consoles
 }
 
 /// QEMU boots the guest, saves it stopped; `snapvmm run --incoming` loads it and goes on.
-fn qemu_to_linux() -> String {
-    let source = qemu_command(&format!(
-        "source.serial -qmp unix:$D/q.sock,server=on,wait=off -kernel \"$LANE_GUEST_VMLINUX\" \
+fn qemu_to_linux(machine: &str) -> String {
+    let source = qemu_command(
+        machine,
+        &format!(
+            "source.serial -qmp unix:$D/q.sock,server=on,wait=off -kernel \"$LANE_GUEST_VMLINUX\" \
          -initrd \"$LANE_GUEST_INITRD\" -append '{GUEST_CMDLINE}'"
-    ));
+        ),
+    );
     let destination = "snapvmm run --incoming file:$D/vm.bin --timeout 120 \
          --serial file:$D/destination.serial --qmp unix:$D/s.sock,server=on,wait=off \
          >/dev/null 2>$D/snapvmm.err &";
@@ -170,7 +182,7 @@ fn check_host_qemu() {
         version.lines().next().unwrap_or_default()
     );
     for firmware in QEMU_FIRMWARE {
-        let path = Path::new(HOST_QEMU_DATA).join(firmware);
+        let path = Path::new(firmware);
         assert!(
             path.is_file(),
             "qemu-trip lane: {} is missing; {fix}",
@@ -185,16 +197,17 @@ fn trip_lane() -> Lane {
         .with_snapvmm()
         .host_file(QEMU_IN_L1, Path::new(HOST_QEMU));
     for firmware in QEMU_FIRMWARE {
-        lane = lane.host_file(
-            &format!("/usr/share/qemu/{firmware}"),
-            &Path::new(HOST_QEMU_DATA).join(firmware),
-        );
+        lane = lane.host_file(firmware, Path::new(firmware));
     }
     let tick_counter = guest_tools::linux_program_path("tick-counter")
         .unwrap_or_else(|| panic!("guest-tools built no tick-counter"));
     lane.guest_program("tick-counter", &tick_counter)
         .job(Job::new("linux-to-qemu", JOB_BUDGET, &linux_to_qemu()))
-        .job(Job::new("qemu-to-linux", JOB_BUDGET, &qemu_to_linux()))
+        .job(Job::new(
+            "qemu-to-linux",
+            JOB_BUDGET,
+            &qemu_to_linux("microvm,rtc=on"),
+        ))
 }
 
 fn trip() -> &'static LaneRun {
