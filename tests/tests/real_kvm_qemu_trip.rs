@@ -22,8 +22,10 @@
 //!
 //! `-M pc` as the source (SeaBIOS, then the PVH option ROM; `qemu_to_linux("pc")` with
 //! `/usr/share/qemu/kvmvapic.bin` and `/usr/share/seabios/bios-256k.bin` added to L1) went on in
-//! snapvmm the same way once (a 30 s job), and once L1 hung inside that job (no output for its
-//! 150 s budget, lane-exec never ended it, the host killed L1): the lane runs microvm only.
+//! snapvmm the same way once (a 30 s job); once L1 hung inside that job (no output for its 150 s
+//! budget, lane-exec never ended it, the host killed L1), and once QEMU in L1 stopped with
+//! `could not load PC BIOS 'bios-256k.bin'` although the file was there: the lane runs microvm
+//! only.
 //!
 //! Each job prints the source's serial console, a marker, and the destination's console: the two
 //! together must count 1, 2, 3, ... with no gap and no repeat (the exact next value after the
