@@ -14,7 +14,7 @@
 #                         project's guest programs (guest-tools/linux-programs/*.c, and the
 #                         libFuzzer harnesses guest-tools/linux-agent/harnesses/*.c linked with
 #                         the guest agent) in /usr/bin
-#   bin/                  the static lane tools (lane-exec, lane-chat, kvm-check)
+#   bin/                  the static lane tools (lane-exec, lane-chat, lane-qmp, kvm-check)
 #   manifest.txt          what was used (packages, kernel release, module load order)
 # Downloads are cached in DIR/dl; a second run only rebuilds the archives (a few seconds).
 # As root it installs missing host tools (qemu-system-x86 and friends) unless --no-install.
@@ -204,10 +204,10 @@ if [ "$(cat "$OUT/l1/vmlinux.from" 2>/dev/null || true)" != "$(basename "$KERNEL
 fi
 cp "$BZIMAGE" "$OUT/guest/bzImage"
 
-for tool in lane-exec lane-chat kvm-check; do
+for tool in lane-exec lane-chat lane-qmp kvm-check; do
   gcc -O2 -static -Wall -Wextra -Werror -o "$OUT/bin/$tool" "$HERE/$tool.c"
 done
-log "built static tools: lane-exec lane-chat kvm-check"
+log "built static tools: lane-exec lane-chat lane-qmp kvm-check"
 
 # The inner guest's initramfs.
 GUEST_ROOT=$BUILD/guest-root
@@ -267,7 +267,7 @@ log "L1 modules (load order): ${MODULE_ORDER[*]}"
 
 cp "$BUSYBOX" "$L1_ROOT/bin/busybox"
 install -m 755 "$HERE/l1-init.sh" "$L1_ROOT/init"
-for tool in lane-exec lane-chat kvm-check; do cp "$OUT/bin/$tool" "$L1_ROOT/bin/$tool"; done
+for tool in lane-exec lane-chat lane-qmp kvm-check; do cp "$OUT/bin/$tool" "$L1_ROOT/bin/$tool"; done
 cp "$OUT/guest/bzImage" "$OUT/guest/initramfs.cpio" "$L1_ROOT/guest/"
 # The same kernel as an ELF with a PVH note, for snapvmm's PVH boot path (no decompression).
 cp "$OUT/l1/vmlinux" "$L1_ROOT/guest/vmlinux"

@@ -167,8 +167,9 @@ pub struct Job {
 
 impl Job {
     /// A job that runs `script` with `/bin/sh` inside L1 and is killed after `budget`. The script
-    /// sees `PATH` with busybox, `snapvmm` (when the lane carries it), `lane-chat`, `kvm-check`,
-    /// and `$LANE_GUEST_KERNEL` / `$LANE_GUEST_INITRD` (the inner guest's bzImage and initramfs).
+    /// sees `PATH` with busybox, `snapvmm` (when the lane carries it), `lane-chat`, `lane-qmp`,
+    /// `kvm-check`, and `$LANE_GUEST_KERNEL` / `$LANE_GUEST_INITRD` (the inner guest's bzImage and
+    /// initramfs).
     pub fn new(name: &str, budget: Duration, script: &str) -> Self {
         Self {
             name: name.to_owned(),

@@ -87,7 +87,11 @@ pub fn create_vcpu(kvm: &Kvm, vm_fd: &VmFd, model: CpuModel) -> Result<VcpuFd, V
     let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
-    patch_cpuid(&mut supported, 0);
+    patch_cpuid(
+        &mut supported,
+        0,
+        kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    );
     vcpu.set_cpuid2(&supported).map_err(kvm_err("SET_CPUID2"))?;
     if let CpuModel::Saved(entries) = model {
         // What this host gives a vCPU can exceed what it lists as supported (kvm_pvm passes the

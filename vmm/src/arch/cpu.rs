@@ -159,14 +159,24 @@ pub fn wire_lapic_lint(lapic: &mut kvm_lapic_state) {
     set_lapic_reg(lapic, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
 }
 
-/// Adjusts KVM's supported CPUID for vCPU `cpu_index`: its APIC IDs, and the hypervisor bit so
-/// the guest knows it is virtualised.
-pub fn patch_cpuid(cpuid: &mut CpuId, cpu_index: u8) {
+/// CPUID.1:ECX bit of the LAPIC timer's TSC-deadline mode.
+pub const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Adjusts KVM's supported CPUID for vCPU `cpu_index`: its APIC IDs, the hypervisor bit so the
+/// guest knows it is virtualised, and, when KVM has `KVM_CAP_TSC_DEADLINE_TIMER`
+/// (`tsc_deadline`), the LAPIC timer's TSC-deadline mode. KVM emulates that mode but does not
+/// list it in KVM_GET_SUPPORTED_CPUID; QEMU adds it the same way. Without it KVM masks the mode
+/// out of LVTT, and a guest that was using it elsewhere (a Linux resumed from a QEMU stream,
+/// whose clockevent is `lapic-deadline`) never gets another timer interrupt.
+pub fn patch_cpuid(cpuid: &mut CpuId, cpu_index: u8, tsc_deadline: bool) {
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
                 entry.ebx = (entry.ebx & 0x00ff_ffff) | ((cpu_index as u32) << 24);
                 entry.ecx |= 1 << 31;
+                if tsc_deadline {
+                    entry.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                }
             }
             0xb | 0x1f => entry.edx = cpu_index as u32,
             _ => {}
@@ -211,6 +221,30 @@ mod tests {
         assert_eq!(sregs.efer, 0);
         let regs = entry_regs(entry);
         assert_eq!((regs.rax, regs.rbx), (0x2bad_b002, 0x6000));
+    }
+
+    #[test]
+    fn tsc_deadline_mode_is_offered_only_when_kvm_has_it() {
+        use kvm_bindings::kvm_cpuid_entry2;
+        let leaf1 = |cpuid: &CpuId| cpuid.as_slice()[0];
+        for tsc_deadline in [false, true] {
+            let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0x0800,
+                ..Default::default()
+            }])
+            .unwrap();
+            patch_cpuid(&mut cpuid, 3, tsc_deadline);
+            let entry = leaf1(&cpuid);
+            assert_eq!(
+                entry.ecx & CPUID_1_ECX_TSC_DEADLINE != 0,
+                tsc_deadline,
+                "{:#x}",
+                entry.ecx
+            );
+            assert_eq!(entry.ecx & (1 << 31), 1 << 31);
+            assert_eq!(entry.ebx, 0x0300_0800);
+        }
     }
 
     #[test]
