@@ -335,16 +335,21 @@ pub fn capture_vm_wide(vm_fd: &VmFd) -> Result<VmState, VstateError> {
     })
 }
 
-/// Puts the interrupt controllers and PIT back (and the clock with `with_clock`). VM ioctls cost
-/// well under a microsecond each, so this runs on every restore. The clock goes last: KVM
-/// derives kvmclock from it.
-pub fn restore_vm_wide(vm_fd: &VmFd, state: &VmState, with_clock: bool) -> Result<(), VstateError> {
+/// Puts the interrupt controllers and PIT back; with `skip_unchanged` (the fast path) a PIC or
+/// IOAPIC still in its saved state is left alone: reading it is a copy, while setting it is not
+/// (an IOAPIC write makes the vCPU rescan its interrupt routes at the next entry), and a round
+/// rarely changes either controller. Setting equal values would change nothing the guest can see.
+///
+/// Ordering: before the vCPU's LAPIC. Setting an IOAPIC makes KVM re-inject the lines its state
+/// holds, straight into the LAPIC's IRR, and a re-armed PIT may fire at once; the LAPIC written
+/// afterwards is then the snapshot's exactly.
+pub fn restore_interrupt_controllers(
+    vm_fd: &VmFd,
+    state: &VmState,
+    skip_unchanged: bool,
+) -> Result<(), VstateError> {
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
-        // On the fast path a chip still in its saved state is left alone: reading it is a copy,
-        // while setting it is not (an IOAPIC write makes the vCPU rescan its interrupt routes
-        // at the next entry), and a round rarely changes either controller. Setting equal values
-        // would change nothing the guest can see.
-        if !with_clock && chip.is_kvm(&get_raw_chip(vm_fd, chip.chip_id)?) {
+        if skip_unchanged && chip.is_kvm(&get_raw_chip(vm_fd, chip.chip_id)?) {
             continue;
         }
         vm_fd
@@ -352,9 +357,11 @@ pub fn restore_vm_wide(vm_fd: &VmFd, state: &VmState, with_clock: bool) -> Resul
             .map_err(kvm_err("SET_IRQCHIP"))?;
     }
     vm_fd.set_pit2(&state.pit).map_err(kvm_err("SET_PIT2"))?;
-    if !with_clock {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// Puts the VM's clock back (kvmclock derives from it), after the vCPU's TSC.
+pub fn restore_clock(vm_fd: &VmFd, state: &VmState) -> Result<(), VstateError> {
     let mut clock = state.clock;
     // Only the clock value is restored; the flags KVM reports (e.g. TSC_STABLE) are not inputs.
     clock.flags = 0;
@@ -426,7 +433,10 @@ pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
         })
         .collect();
     if !differing.is_empty() || lapic_saved.len() != lapic_now.len() {
-        check(&format!("LAPIC (registers {})", differing.join(", ")), false);
+        check(
+            &format!("LAPIC (registers {})", differing.join(", ")),
+            false,
+        );
     }
     for (a, b) in saved.msrs.iter().zip(&now.msrs) {
         let moves_with_time = matches!(

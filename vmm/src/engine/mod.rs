@@ -28,8 +28,8 @@ use crate::device_manager::{DeviceManager, DeviceStates};
 use crate::dirty_tracking::{DirtyTracker, DirtyTrackingError, DirtyTrackingMode};
 use crate::memory::GuestRam;
 use crate::vstate::{
-    capture_vcpu, capture_vm_wide, prepare_xsave, restore_lapic_if_changed, restore_vcpu_fast,
-    restore_vcpu_full, restore_vm_wide, VcpuStateLayout, VstateError,
+    capture_vcpu, capture_vm_wide, prepare_xsave, restore_clock, restore_interrupt_controllers,
+    restore_lapic_if_changed, restore_vcpu_fast, restore_vcpu_full, VcpuStateLayout, VstateError,
 };
 use ram_slots::{RamSlots, RamSlotsError};
 use shadow_mmu::{PageTableTree, ShadowMmuAction, ShadowMmuPolicy, TablePage};
@@ -392,8 +392,9 @@ impl SnapshotEngine {
         devices: DeviceStates,
         memory: SnapshotMemory,
     ) -> Result<(), EngineError> {
+        restore_interrupt_controllers(vm.vm_fd, &vm_state, false)?;
         restore_vcpu_full(vm.vcpu, &vcpu_state, &self.vcpu_layout)?;
-        restore_vm_wide(vm.vm_fd, &vm_state, true)?;
+        restore_clock(vm.vm_fd, &vm_state)?;
         vm.devices.restore_states(&devices)?;
         self.slots.enable_dirty_logging(vm.vm_fd)?;
         self.tracking_enabled = true;
@@ -477,6 +478,7 @@ impl SnapshotEngine {
         let full = full || self.options.vcpu_restore == VcpuRestore::Full;
         let snapshot = self.snapshot.as_ref().ok_or(EngineError::NoSnapshot)?;
         let full = full || privileged_state_may_differ(&sregs_now, &snapshot.vcpu);
+        restore_interrupt_controllers(vm.vm_fd, &snapshot.vm, !full)?;
         if full {
             restore_vcpu_full(vm.vcpu, &snapshot.vcpu, &self.vcpu_layout)?;
             self.stats.full_vcpu_restores += 1;
@@ -490,7 +492,9 @@ impl SnapshotEngine {
         }
         // The fast path leaves the TSC running; kvmclock goes with it so the guest's clocks stay
         // consistent. A full restore puts both back.
-        restore_vm_wide(vm.vm_fd, &snapshot.vm, full)?;
+        if full {
+            restore_clock(vm.vm_fd, &snapshot.vm)?;
+        }
         vm.devices.restore_states(&snapshot.devices)?;
         self.stats.restores += 1;
         self.stats.restore_time += started.elapsed();
