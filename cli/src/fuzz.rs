@@ -112,10 +112,11 @@ pub struct FuzzArgs {
     pub(crate) jobs: Option<usize>,
     /// Let fuzzers on other machines link to this one: its broker listens on 127.0.0.1:PORT
     /// (forward the port, e.g. with ssh -L). Implies --jobs 1 unless --jobs is given.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", conflicts_with = "connect")]
     pub(crate) listen: Option<u16>,
     /// Link to the broker of a `snapvmm fuzz --listen PORT` at HOST:PORT: new inputs go both
-    /// ways. Implies --jobs 1 unless --jobs is given.
+    /// ways (one node listens, every other connects to it). Implies --jobs 1 unless --jobs is
+    /// given.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) connect: Option<String>,
 }

@@ -29,7 +29,7 @@ use libafl::events::{EventConfig, LlmpEventManagerBuilder, StdLlmpEventHook};
 use libafl::inputs::BytesInput;
 use libafl::monitors::NopMonitor;
 use libafl_bolts::core_affinity::{get_core_ids, Cores};
-use libafl_bolts::llmp::{LlmpBroker, LlmpClient};
+use libafl_bolts::llmp::{Broker, LlmpBroker, LlmpClient};
 use libafl_bolts::shmem::{ShMemProvider, StdShMem, StdShMemProvider};
 use libafl_bolts::tuples::tuple_list;
 
@@ -318,6 +318,7 @@ where
             None => {
                 let outcome = broker(
                     &shmem,
+                    config.jobs,
                     port,
                     remote,
                     config.connect.as_deref(),
@@ -360,11 +361,46 @@ where
     })
 }
 
+/// Links `broker` to the broker at `addr` (LLMP broker-to-broker) once all `jobs` local clients
+/// have joined it; `Ok(false)` while they have not.
+///
+/// Why wait: in LibAFL 0.16.1 `LlmpBrokerInner::connect_b2b` gives its proxy client the id
+/// `peek_next_client_id()` (the clients the broker has seen), while the broker's TCP listener
+/// thread numbers the clients that join later from its own counter, which knows nothing of the
+/// proxy. Linked first, the proxy and the first job get the same id, and the proxy thread then
+/// drops every message of that job as an echo of its own ("Ignored message we probably sent
+/// earlier"): nothing found here would reach the other machine. Linked after the jobs joined,
+/// the ids differ; the proxy reads the broker's messages from the start of its first page, so
+/// what the jobs sent before is passed on too.
+fn link_when_joined<HT>(
+    broker: &mut LlmpBroker<HT, StdShMem, StdShMemProvider>,
+    jobs: usize,
+    addr: SocketAddr,
+    addr_text: Option<&str>,
+) -> Result<bool, JobsError>
+where
+    HT: libafl_bolts::llmp::LlmpHookTuple<StdShMem, StdShMemProvider>,
+{
+    // The listener is the broker's first client; then come the jobs.
+    if broker.num_clients_seen() <= jobs {
+        return Ok(false);
+    }
+    broker
+        .inner_mut()
+        .connect_b2b(addr)
+        .map_err(|e| JobsError::Connect {
+            addr: addr_text.unwrap_or_default().to_string(),
+            message: engine(e),
+        })?;
+    Ok(true)
+}
+
 /// The parent's part: LibAFL's LLMP broker, linked to `remote` if given, until every job has
 /// ended or `stop` is set.
 #[allow(clippy::too_many_arguments)]
 fn broker(
     shmem: &StdShMemProvider,
+    jobs: usize,
     port: u16,
     remote: Option<SocketAddr>,
     remote_text: Option<&str>,
@@ -380,21 +416,19 @@ fn broker(
             port,
             source: std::io::Error::other(engine(e)),
         })?;
-    if let Some(addr) = remote {
-        broker
-            .inner_mut()
-            .connect_b2b(addr)
-            .map_err(|e| JobsError::Connect {
-                addr: remote_text.unwrap_or_default().to_string(),
-                message: engine(e),
-            })?;
-    }
     table.broker().store(BROKER_READY, Ordering::SeqCst);
+    // The link to the remote broker is made once every job has joined (see `link_when_joined`).
+    let mut remote = remote;
     let mut next_tick = Instant::now() + tick_every;
     while !stop.load(Ordering::SeqCst) && !table.all_ended() {
         let busy = broker
             .broker_once()
             .map_err(|e| JobsError::Launch(format!("broker: {}", engine(e))))?;
+        if let Some(addr) = remote {
+            if link_when_joined(&mut broker, jobs, addr, remote_text)? {
+                remote = None;
+            }
+        }
         if Instant::now() >= next_tick {
             tick();
             next_tick = Instant::now() + tick_every;
