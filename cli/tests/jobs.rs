@@ -138,8 +138,13 @@ fn two_jobs_share_finds_and_stop_together_at_the_first_crash() {
         "--seed",
         "3",
     ]);
+    let started = Instant::now();
     let (status, stdout, stderr) = finish(child, Duration::from_secs(300), "fuzz --jobs 2");
     assert_eq!(status, 0, "stderr:\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(230),
+        "the jobs ran to --max-time instead of stopping at the first crash:\n{stderr}"
+    );
     assert!(stderr.contains("fuzzing ended: 2 jobs"), "{stderr}");
     let queues: Vec<Vec<(String, Vec<u8>)>> = ["job1", "job2"]
         .iter()

@@ -89,10 +89,13 @@ pub struct JobsOutcome {
     pub port: u16,
 }
 
+/// A job's link to its broker.
+type JobClient = LlmpClient<StdShMem, StdShMemProvider>;
+
 /// What a job fuzzes with: its number and its link to the broker.
 pub struct JobContext {
     job: usize,
-    client: Option<LlmpClient<StdShMem, StdShMemProvider>>,
+    client: Option<JobClient>,
 }
 
 impl JobContext {
@@ -267,7 +270,7 @@ where
     let broker_error: std::cell::RefCell<Option<JobsError>> = std::cell::RefCell::new(None);
 
     let run_client = |_state: Option<()>,
-                      client: Option<LlmpClient<StdShMem, StdShMemProvider>>,
+                      client: Option<JobClient>,
                       description: ClientDescription|
      -> Result<(), libafl::Error> {
         let number = description.id();
@@ -281,10 +284,7 @@ where
     let spawn = |_launcher: &Launcher<'_, _, NopMonitor, StdShMemProvider>,
                  description: Option<ClientDescription>,
                  _monitor: Option<NopMonitor>|
-     -> Result<
-        (Option<()>, Option<LlmpClient<StdShMem, StdShMemProvider>>),
-        libafl::Error,
-    > {
+     -> Result<(Option<()>, Option<JobClient>), libafl::Error> {
         match description {
             Some(description) => {
                 // A job: it ends with its parent, whatever happens to the parent.
