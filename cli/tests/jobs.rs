@@ -226,7 +226,66 @@ fn sigterm_ends_every_job_with_status_0_and_leaves_no_process() {
     let (status, _, stderr) = finish(child, Duration::from_secs(15), "stopping on SIGTERM");
     assert_eq!(status, 0, "{stderr}");
     assert!(stderr.contains("fuzzing ended: 2 jobs"), "{stderr}");
-    assert!(!stderr.contains("status 71"), "a job failed:\n{stderr}");
+    assert!(
+        !stderr.contains("ended with status"),
+        "a job failed:\n{stderr}"
+    );
+    for job in &jobs {
+        assert!(!is_snapvmm(*job), "job process {job} outlived the campaign");
+    }
+    for job in ["job1", "job2"] {
+        assert!(stat(&out.join(job), "execs_done") > 0, "{job}:\n{stderr}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C at a terminal: SIGINT reaches the whole process group (the parent and every job at
+/// once); every job ends its run and writes its files, status 0, no process left.
+#[test]
+fn ctrl_c_to_the_process_group_ends_every_job() {
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let dir = temp_dir("ctrl-c");
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_snapvmm"))
+        .args([
+            "fuzz",
+            "--guest",
+            "fuzz-demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snapvmm");
+    let parent = child.id();
+    let started = Instant::now();
+    while !["job1", "job2"]
+        .iter()
+        .all(|job| out.join(job).join("fuzzer_stats").exists())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the jobs did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let jobs = children_of(parent);
+    assert_eq!(jobs.len(), 2, "expected 2 job processes, found {jobs:?}");
+    // SAFETY: sends SIGINT to the process group of the child this test started (its own group).
+    unsafe { libc::kill(-(parent as i32), libc::SIGINT) };
+    let (status, _, stderr) = finish(child, Duration::from_secs(15), "stopping on Ctrl-C");
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("fuzzing ended: 2 jobs"), "{stderr}");
+    assert!(
+        !stderr.contains("ended with status"),
+        "a job failed:\n{stderr}"
+    );
     for job in &jobs {
         assert!(!is_snapvmm(*job), "job process {job} outlived the campaign");
     }
