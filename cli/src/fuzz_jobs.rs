@@ -42,7 +42,8 @@ pub fn fuzz_jobs(args: FuzzArgs) -> Result<u8, Failure> {
             args.out.display()
         ))
     })?;
-    // A bad --connect address fails before the guest boots.
+    // Bad --jobs and --connect values fail before the guest boots.
+    jobs::check_jobs(jobs).map_err(|error| Failure::setup(one_line(&error)))?;
     if let Some(addr) = &args.connect {
         jobs::resolve(addr).map_err(|error| Failure::setup(one_line(&error)))?;
     }

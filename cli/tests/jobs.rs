@@ -381,3 +381,46 @@ fn two_linked_fuzzers_pass_a_find_from_one_to_the_other() {
         .any(|(name, bytes)| name.contains("orig:first-magic") && bytes[..] == seed[..]));
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Bad `--jobs`, `--connect` and `--listen` values: one line, status 64, before the guest boots.
+#[test]
+fn bad_jobs_options_are_one_line_and_status_64() {
+    require_kvm();
+    let dir = temp_dir("bad");
+    let out = dir.join("out");
+    let out = out.to_str().unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let too_many = (cores + 1).to_string();
+    for (args, says) in [
+        (vec!["--jobs", "0"], "--jobs must be at least 1"),
+        (
+            vec!["--jobs", too_many.as_str()],
+            "cores (one job per core)",
+        ),
+        (vec!["--connect", "no-port"], "is not a HOST:PORT address"),
+        (
+            vec!["--connect", "127.0.0.1:1"],
+            "cannot link to the broker at 127.0.0.1:1",
+        ),
+        (
+            vec!["--listen", "1", "--connect", "127.0.0.1:1"],
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = vec!["fuzz", "--guest", "fuzz-demo", "--out", out];
+        all.extend(&args);
+        let child = spawn(&all);
+        let (status, _, stderr) = finish(child, Duration::from_secs(60), "a bad option");
+        assert_eq!(status, 64, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("snapvmm: ") || l.starts_with("error"))
+                .count(),
+            1,
+            "{args:?}: not one line:\n{stderr}"
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -224,6 +224,20 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, JobsError> {
         .ok_or_else(|| bad("no address".into()))
 }
 
+/// Checks that `jobs` jobs can run here: at least one, at most one per core.
+pub fn check_jobs(jobs: usize) -> Result<(), JobsError> {
+    if jobs == 0 {
+        return Err(JobsError::NoJobs);
+    }
+    let cores = get_core_ids()
+        .map_err(|e| JobsError::Launch(engine(e)))?
+        .len();
+    if jobs > cores {
+        return Err(JobsError::TooManyJobs { jobs, cores });
+    }
+    Ok(())
+}
+
 /// Ends this job's process with `status`, recorded for the parent first.
 fn end_job(table: &JobTable, job: usize, status: u8) -> ! {
     table.set_job_status(job, status);
@@ -238,16 +252,8 @@ where
     J: FnOnce(JobContext) -> u8,
     K: FnMut(),
 {
-    if config.jobs == 0 {
-        return Err(JobsError::NoJobs);
-    }
+    check_jobs(config.jobs)?;
     let core_ids = get_core_ids().map_err(|e| JobsError::Launch(engine(e)))?;
-    if config.jobs > core_ids.len() {
-        return Err(JobsError::TooManyJobs {
-            jobs: config.jobs,
-            cores: core_ids.len(),
-        });
-    }
     let remote = config.connect.as_deref().map(resolve).transpose()?;
     let port = match config.port {
         0 => free_port()?,
@@ -259,7 +265,7 @@ where
         }
     };
     let cores = Cores::from(
-        core_ids[..config.jobs]
+        core_ids[..config.jobs.min(core_ids.len())]
             .iter()
             .map(|id| id.0)
             .collect::<Vec<usize>>(),
