@@ -109,6 +109,15 @@ fn is_snapvmm(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// These tests run two jobs, one per core.
+fn require_two_cores() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cores >= 2,
+        "these tests run `--jobs 2` (one job per core) and this machine has {cores} core(s)"
+    );
+}
+
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -122,6 +131,7 @@ fn free_port() -> u16 {
 #[test]
 fn two_jobs_share_what_they_find() {
     require_kvm();
+    require_two_cores();
     let dir = temp_dir("share");
     let out = dir.join("out");
     let child = spawn(&[
@@ -183,6 +193,7 @@ fn two_jobs_share_what_they_find() {
 #[test]
 fn the_first_crash_stops_every_job() {
     require_kvm();
+    require_two_cores();
     let dir = temp_dir("stop");
     let out = dir.join("out");
     let started = Instant::now();
@@ -229,6 +240,7 @@ fn the_first_crash_stops_every_job() {
 #[test]
 fn sigterm_ends_every_job_with_status_0_and_leaves_no_process() {
     require_kvm();
+    require_two_cores();
     let dir = temp_dir("sigterm");
     let out = dir.join("out");
     let child = spawn(&[
@@ -279,6 +291,7 @@ fn sigterm_ends_every_job_with_status_0_and_leaves_no_process() {
 fn ctrl_c_to_the_process_group_ends_every_job() {
     use std::os::unix::process::CommandExt;
     require_kvm();
+    require_two_cores();
     let dir = temp_dir("ctrl-c");
     let out = dir.join("out");
     let child = Command::new(env!("CARGO_BIN_EXE_snapvmm"))
