@@ -115,7 +115,16 @@ pub fn fuzz_jobs(args: FuzzArgs) -> Result<u8, Failure> {
         // SIGINT (from the launcher or a terminal) and SIGTERM stop this job after its run.
         let _termination = Termination::watch_flag(fuzzer.stop_flag());
         match context.run(fuzzer) {
-            Ok(_) => 0,
+            Ok(summary) => {
+                // The jobs print no status; the seed and resume warnings (the same in every
+                // job) come once, from job 1.
+                if number == 1 {
+                    for warning in &summary.warnings {
+                        eprintln!("snapvmm: {name}: {warning}");
+                    }
+                }
+                0
+            }
             Err(error) => {
                 let failure = campaign_failure(error);
                 eprintln!("snapvmm: {name}: {}", failure.message);
