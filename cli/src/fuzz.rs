@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use fuzz_harness::{
-    DedupMode, FuzzConfig, FuzzError, FuzzSummary, Fuzzer, RunOutcome, StopReason, VmTarget,
-    VmTargetError,
+    DedupMode, FuzzConfig, FuzzError, Fuzzer, RunOutcome, StopReason, VmTarget, VmTargetError,
 };
 use vmm::{EngineOptions, MachineConfig, MemSize, RestoreStrategy, SerialOutput};
 
@@ -66,47 +65,60 @@ pub struct TargetArgs {
 #[derive(Args)]
 pub struct FuzzArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// Output directory (AFL++'s layout: DIR/default/queue, crashes, hangs, fuzzer_stats,
     /// plot_data). An existing one is resumed.
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Seed directory (repeatable); without one, the fuzzer starts from a single small input.
     #[arg(long, value_name = "DIR")]
-    corpus: Vec<PathBuf>,
+    pub(crate) corpus: Vec<PathBuf>,
     /// Dictionary (AFL/libFuzzer format).
     #[arg(long, value_name = "FILE")]
-    dict: Option<PathBuf>,
+    pub(crate) dict: Option<PathBuf>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
-    max_time: Option<f64>,
+    pub(crate) max_time: Option<f64>,
     /// Stop after this many executions.
     #[arg(long, value_name = "N")]
-    max_execs: Option<u64>,
+    pub(crate) max_execs: Option<u64>,
     /// How RESTORE puts RAM back between runs.
     #[arg(long, value_enum, default_value = "dirty")]
-    restore: RestoreArg,
+    pub(crate) restore: RestoreArg,
     /// Check the VMM while fuzzing: after every Nth restore compare RAM, vCPU and device state
     /// with the snapshot; a difference stops the fuzzer (status 71). Slow: a RAM compare each.
     #[arg(long, value_name = "N")]
-    verify_every: Option<u64>,
+    pub(crate) verify_every: Option<u64>,
     /// Stop after the first crash, print its file and the `snapvmm repro` command.
     #[arg(long)]
-    stop_on_crash: bool,
+    pub(crate) stop_on_crash: bool,
     /// No comparison feedback (by default each queue entry runs once with the target's
     /// comparison log on, and input-to-state mutations use the operands it compared).
     #[arg(long)]
-    no_cmplog: bool,
+    pub(crate) no_cmplog: bool,
     /// What makes a crash new: its kind + code + pc, or new coverage among crashes (AFL++).
     #[arg(long, value_enum, default_value = "kind")]
-    dedup: DedupArg,
+    pub(crate) dedup: DedupArg,
     /// Seed of the fuzzer's random number generator (random by default).
     #[arg(long, value_name = "N")]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Keep the guest's serial output in DIR/default/serial.log (discarded by default: a target
     /// that prints on every run would fill the disk).
     #[arg(long)]
-    serial_log: bool,
+    pub(crate) serial_log: bool,
+    /// Fuzz with N processes, one per core, that share what they find (LibAFL's launcher and
+    /// LLMP); the guest boots once and every job resumes its snapshot. Job K writes DIR/jobK.
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+    /// Let fuzzers on other machines link to this one: its broker listens on 127.0.0.1:PORT
+    /// (forward the port, e.g. with ssh -L). Implies --jobs 1 unless --jobs is given.
+    #[arg(long, value_name = "PORT", conflicts_with = "connect")]
+    pub(crate) listen: Option<u16>,
+    /// Link to the broker of a `snapvmm fuzz --listen PORT` at HOST:PORT: new inputs go both
+    /// ways (one node listens, every other connects to it). Implies --jobs 1 unless --jobs is
+    /// given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) connect: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -141,7 +153,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn setup(message: impl Into<String>) -> Self {
+    pub(crate) fn setup(message: impl Into<String>) -> Self {
         Self {
             status: STATUS_SETUP_ERROR,
             message: message.into(),
@@ -166,7 +178,7 @@ pub fn one_line(error: &dyn Error) -> String {
 }
 
 impl TargetArgs {
-    fn timeout(&self) -> Result<Duration, Failure> {
+    pub(crate) fn timeout(&self) -> Result<Duration, Failure> {
         if self.timeout_ms == 0 || self.timeout_ms > 3_600_000 {
             return Err(Failure::setup(format!(
                 "--timeout-ms {} is not 1-3600000",
@@ -188,7 +200,7 @@ impl TargetArgs {
     }
 
     /// A name for the target: the guest's, or the kernel file's.
-    fn banner(&self) -> String {
+    pub(crate) fn banner(&self) -> String {
         match (&self.guest, &self.kernel) {
             (Some(name), _) => name.clone(),
             (None, Some(path)) => path
@@ -200,7 +212,7 @@ impl TargetArgs {
     }
 
     /// Boots the target to its snapshot point.
-    fn boot(
+    pub(crate) fn boot(
         &self,
         serial: SerialOutput,
         restore: RestoreArg,
@@ -222,15 +234,7 @@ impl TargetArgs {
         config.cmdline = self.cmdline.clone();
         config.mem_bytes = mem.0;
         config.serial = serial;
-        config.engine = EngineOptions {
-            strategy: match restore {
-                RestoreArg::Dirty => RestoreStrategy::Dirty,
-                RestoreArg::Remap => RestoreStrategy::Remap,
-            },
-            verify_restores: verify_every.is_some(),
-            verify_every: verify_every.unwrap_or(1).max(1),
-            ..Default::default()
-        };
+        config.engine = engine_options(restore, verify_every);
         VmTarget::boot(&config, self.boot_timeout()?).map_err(|error| {
             let status = match error {
                 VmTargetError::Boot(_)
@@ -247,7 +251,7 @@ impl TargetArgs {
     }
 
     /// The `snapvmm repro` command line that replays `input` on this same machine.
-    fn repro_command(&self, input: &Path) -> String {
+    pub(crate) fn repro_command(&self, input: &Path) -> String {
         let program = std::env::args()
             .next()
             .unwrap_or_else(|| "snapvmm".to_string());
@@ -281,6 +285,19 @@ impl TargetArgs {
     }
 }
 
+/// The snapshot engine's options from `--restore` and `--verify-every`.
+pub(crate) fn engine_options(restore: RestoreArg, verify_every: Option<u64>) -> EngineOptions {
+    EngineOptions {
+        strategy: match restore {
+            RestoreArg::Dirty => RestoreStrategy::Dirty,
+            RestoreArg::Remap => RestoreStrategy::Remap,
+        },
+        verify_restores: verify_every.is_some(),
+        verify_every: verify_every.unwrap_or(1).max(1),
+        ..Default::default()
+    }
+}
+
 /// `word` as one shell word (single quotes only when needed).
 fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
@@ -296,19 +313,10 @@ fn shell_quote(word: &str) -> String {
 
 /// `snapvmm fuzz`: returns the exit status.
 pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
-    let timeout = args.target.timeout()?;
-    let max_time = match args.max_time {
-        None => None,
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
-            Some(Duration::from_secs_f64(secs))
-        }
-        Some(secs) => {
-            return Err(Failure::setup(format!(
-                "--max-time {secs} is not a positive number of seconds"
-            )))
-        }
-    };
-    let mut config = FuzzConfig::new(&args.out);
+    if args.jobs.is_some() || args.listen.is_some() || args.connect.is_some() {
+        return crate::fuzz_jobs::fuzz_jobs(args);
+    }
+    let mut config = args.fuzz_config()?;
     fs::create_dir_all(&args.out).map_err(|error| {
         Failure::setup(format!(
             "cannot create the output directory {}: {error}",
@@ -325,29 +333,11 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
         SerialOutput::Discard
     };
     let target = args.target.boot(serial, args.restore, args.verify_every)?;
-    config.corpus_dirs = args.corpus.clone();
-    config.dict = args.dict.clone();
-    config.max_time = max_time;
-    config.max_execs = args.max_execs;
-    config.timeout = timeout;
-    config.stop_on_crash = args.stop_on_crash;
-    config.cmplog = !args.no_cmplog;
-    config.dedup = match args.dedup {
-        DedupArg::Kind => DedupMode::KindCodePc,
-        DedupArg::Coverage => DedupMode::Coverage,
-    };
-    config.seed = args.seed;
     config.banner = args.target.banner();
     let final_stats = target.final_stats();
     let fuzzer = Fuzzer::new(config, target).map_err(|error| Failure::setup(one_line(&error)))?;
     let _termination = Termination::watch_flag(fuzzer.stop_flag());
-    let summary = fuzzer.run().map_err(|error| Failure {
-        status: match error {
-            FuzzError::Target(_) | FuzzError::Engine(_) => STATUS_CRASH,
-            _ => STATUS_SETUP_ERROR,
-        },
-        message: one_line(&error),
-    })?;
+    let summary = fuzzer.run().map_err(campaign_failure)?;
     if let Some(line) = final_stats
         .lock()
         .ok()
@@ -355,22 +345,73 @@ pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
     {
         eprintln!("snapvmm: snapshots: {line}");
     }
-    print_findings(&summary, &args.target);
+    print_findings(
+        &summary.crash_files,
+        summary.stop_reason,
+        &summary.instance_dir,
+        &args.target,
+    );
     Ok(0)
 }
 
+/// A campaign's failure with its status: 71 when the VM or the engine failed, else 64.
+pub(crate) fn campaign_failure(error: FuzzError) -> Failure {
+    Failure {
+        status: match error {
+            FuzzError::Target(_) | FuzzError::Engine(_) => STATUS_CRASH,
+            _ => STATUS_SETUP_ERROR,
+        },
+        message: one_line(&error),
+    }
+}
+
+impl FuzzArgs {
+    /// The engine's configuration from the command line (instance `default`).
+    pub(crate) fn fuzz_config(&self) -> Result<FuzzConfig, Failure> {
+        let timeout = self.target.timeout()?;
+        let max_time = match self.max_time {
+            None => None,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+                Some(Duration::from_secs_f64(secs))
+            }
+            Some(secs) => {
+                return Err(Failure::setup(format!(
+                    "--max-time {secs} is not a positive number of seconds"
+                )))
+            }
+        };
+        let mut config = FuzzConfig::new(&self.out);
+        config.corpus_dirs = self.corpus.clone();
+        config.dict = self.dict.clone();
+        config.max_time = max_time;
+        config.max_execs = self.max_execs;
+        config.timeout = timeout;
+        config.stop_on_crash = self.stop_on_crash;
+        config.cmplog = !self.no_cmplog;
+        config.dedup = match self.dedup {
+            DedupArg::Kind => DedupMode::KindCodePc,
+            DedupArg::Coverage => DedupMode::Coverage,
+        };
+        config.seed = self.seed;
+        config.banner = self.target.banner();
+        Ok(config)
+    }
+}
+
 /// On stdout: each crash file of this session with the command that replays it.
-fn print_findings(summary: &FuzzSummary, target: &TargetArgs) {
-    for file in &summary.crash_files {
+pub(crate) fn print_findings(
+    crash_files: &[PathBuf],
+    stop_reason: StopReason,
+    instance_dir: &Path,
+    target: &TargetArgs,
+) {
+    for file in crash_files {
         println!("crash: {}", file.display());
         println!("repro: {}", target.repro_command(file));
     }
-    if summary.stop_reason == StopReason::FirstCrash && summary.crash_files.is_empty() {
+    if stop_reason == StopReason::FirstCrash && crash_files.is_empty() {
         // A crash known from an earlier session of this out dir was hit again.
-        println!(
-            "crashes: {}",
-            summary.instance_dir.join("crashes").display()
-        );
+        println!("crashes: {}", instance_dir.join("crashes").display());
     }
 }
 

@@ -13,6 +13,7 @@ use vmm::{
 mod bench;
 mod build_target;
 mod fuzz;
+mod fuzz_jobs;
 mod qemu;
 mod qmp;
 mod run;

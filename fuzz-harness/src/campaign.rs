@@ -81,6 +81,8 @@ pub struct Campaign {
     pub total_hangs: u64,
     /// Queue entries this session found by mutation.
     pub corpus_found: u32,
+    /// Queue entries this session took from other fuzzers (LLMP).
+    pub corpus_imported: u32,
     /// Unix seconds of the last new queue entry, crash and hang (0: none yet), as AFL++ writes them.
     pub last_find_unix: u64,
     pub last_crash_unix: u64,
@@ -120,6 +122,7 @@ impl Campaign {
             total_crashes: 0,
             total_hangs: 0,
             corpus_found: 0,
+            corpus_imported: 0,
             last_find_unix: 0,
             last_crash_unix: 0,
             last_hang_unix: 0,

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libafl::corpus::{Corpus, InMemoryOnDiskCorpus};
-use libafl::events::SimpleEventManager;
+use libafl::events::{
+    Event, EventFirer, EventReceiver, EventRestarter, EventWithStats, ProgressReporter,
+    SendExiting, SimpleEventManager,
+};
 use libafl::feedback_or;
 use libafl::feedbacks::MapFeedbackMetadata;
 use libafl::fuzzer::{Evaluator, Fuzzer as _, StdFuzzer};
@@ -27,12 +30,12 @@ use libafl::observers::CanTrack;
 use libafl::schedulers::powersched::PowerSchedule;
 use libafl::schedulers::{IndexesLenTimeMinimizerScheduler, StdWeightedScheduler};
 use libafl::stages::{CalibrationStage, StdMutationalStage, StdPowerMutationalStage};
-use libafl::state::{HasCorpus, HasMaxSize, StdState};
+use libafl::state::{HasCorpus, HasExecutions, HasMaxSize, StdState};
 use libafl::{Error, HasMetadata, HasNamedMetadata, HasObjective};
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Handled, Merge};
 
-use crate::campaign::{Campaign, PendingInput, StopReason};
+use crate::campaign::{Campaign, PendingInput, SharedCampaign, StopReason};
 use crate::cmplog::CmpLogStage;
 use crate::coverage::EdgeObserver;
 use crate::dictionary::{self, DictError};
@@ -47,6 +50,7 @@ use crate::seeds::{self, LoadedSeeds, Seed, SeedError, DEFAULT_SEED};
 use crate::solutions::{DedupMode, KnownSolutions, SolutionFeedback};
 use crate::stats::StatsContext;
 use crate::status::{self, StatusMode};
+use crate::sync_hook::SyncHook;
 use crate::target::FuzzTarget;
 
 /// Name of the coverage observer (and of its history in LibAFL's state).
@@ -54,6 +58,14 @@ pub const EDGES_NAME: &str = "edges";
 
 /// AFL++'s default timeout per run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// LibAFL's state as this engine builds it: the queue and the crashes in memory and on disk.
+pub type FuzzState = StdState<
+    InMemoryOnDiskCorpus<BytesInput>,
+    BytesInput,
+    StdRand,
+    InMemoryOnDiskCorpus<BytesInput>,
+>;
 
 /// What to fuzz with, where to write, when to stop.
 #[derive(Debug, Clone)]
@@ -210,6 +222,7 @@ pub struct Fuzzer<T: FuzzTarget> {
     resume: ResumeInfo,
     seeds: LoadedSeeds,
     stop: Arc<AtomicBool>,
+    campaign: SharedCampaign,
     max_input_len: usize,
     map_len: usize,
 }
@@ -250,6 +263,10 @@ impl<T: FuzzTarget> Fuzzer<T> {
                 layout.queue.display()
             ));
         }
+        let campaign = Rc::new(RefCell::new(Campaign::new(
+            layout.clone(),
+            config.stop_on_crash,
+        )));
         Ok(Self {
             config,
             target,
@@ -258,9 +275,21 @@ impl<T: FuzzTarget> Fuzzer<T> {
             resume,
             seeds,
             stop: Arc::new(AtomicBool::new(false)),
+            campaign,
             max_input_len,
             map_len,
         })
+    }
+
+    /// The hook a shared-finds event manager (LLMP) runs on what other fuzzers send: it names
+    /// their inputs `sync:`, and stops this campaign when one of them stopped at its first crash
+    /// (with `stop_on_crash`).
+    pub fn sync_hook(&self) -> SyncHook {
+        SyncHook::new(
+            Rc::clone(&self.campaign),
+            Arc::clone(&self.stop),
+            self.config.stop_on_crash,
+        )
     }
 
     /// The flag that stops the campaign when set (from a signal handler, another thread, ...).
@@ -275,6 +304,33 @@ impl<T: FuzzTarget> Fuzzer<T> {
 
     /// Fuzzes until a stop condition, then writes the final statistics.
     pub fn run(self) -> Result<FuzzSummary, FuzzError> {
+        self.run_with(SimpleEventManager::new(NopMonitor::new()))
+    }
+
+    /// `run` with the event manager `mgr`: LibAFL's simple one for a lone fuzzer, its LLMP one for
+    /// fuzzers that share what they find (`crate::jobs`). It is told when this fuzzer exits.
+    pub fn run_with<EM>(self, mut mgr: EM) -> Result<FuzzSummary, FuzzError>
+    where
+        EM: EventFirer<BytesInput, FuzzState>
+            + EventReceiver<BytesInput, FuzzState>
+            + EventRestarter<FuzzState>
+            + ProgressReporter<FuzzState>
+            + SendExiting,
+    {
+        let result = self.run_inner(&mut mgr);
+        // The broker forgets this client (and may end when it was the last one).
+        let _ = mgr.send_exiting();
+        result
+    }
+
+    fn run_inner<EM>(self, mgr: &mut EM) -> Result<FuzzSummary, FuzzError>
+    where
+        EM: EventFirer<BytesInput, FuzzState>
+            + EventReceiver<BytesInput, FuzzState>
+            + EventRestarter<FuzzState>
+            + ProgressReporter<FuzzState>
+            + SendExiting,
+    {
         let Fuzzer {
             config,
             target,
@@ -283,16 +339,15 @@ impl<T: FuzzTarget> Fuzzer<T> {
             resume,
             seeds,
             stop,
+            campaign,
             max_input_len,
             map_len,
         } = self;
 
-        let campaign = Rc::new(RefCell::new(Campaign::new(
-            layout.clone(),
-            config.stop_on_crash,
-        )));
         {
             let mut c = campaign.borrow_mut();
+            c.started = std::time::Instant::now();
+            c.start_unix = crate::campaign::unix_now();
             c.previous_run_time = resume.previous_run_time;
             c.previous_execs = resume.previous_execs;
             c.next_crash_id = resume.next_crash_id;
@@ -331,7 +386,7 @@ impl<T: FuzzTarget> Fuzzer<T> {
             Some(seed) => StdRand::with_seed(seed),
             None => StdRand::new(),
         };
-        let mut state: StdState<_, BytesInput, _, _> =
+        let mut state: FuzzState =
             StdState::new(rand, queue, solutions, &mut feedback, &mut objective)?;
         state.set_max_size(max_input_len);
         if !tokens.is_empty() {
@@ -377,7 +432,6 @@ impl<T: FuzzTarget> Fuzzer<T> {
                 max_execs: config.max_execs,
             },
         );
-        let mut mgr = SimpleEventManager::new(NopMonitor::new());
         let i2s: StdMutationalStage<_, _, BytesInput, BytesInput, _, _, _> =
             StdMutationalStage::new(HavocMutator::named(
                 "i2s",
@@ -437,7 +491,7 @@ impl<T: FuzzTarget> Fuzzer<T> {
         let mut stopped_early = false;
         for (pending, bytes) in initial {
             campaign.borrow_mut().pending = pending;
-            match fuzzer.add_input(&mut state, &mut executor, &mut mgr, BytesInput::new(bytes)) {
+            match fuzzer.add_input(&mut state, &mut executor, mgr, BytesInput::new(bytes)) {
                 Ok(_) => {}
                 Err(Error::ShuttingDown) => {
                     stopped_early = true;
@@ -464,7 +518,7 @@ impl<T: FuzzTarget> Fuzzer<T> {
 
         if !stopped_early {
             loop {
-                match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr) {
+                match fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, mgr) {
                     Ok(_) => {}
                     Err(Error::ShuttingDown) => break,
                     Err(e) => return Err(failure_or(&mut executor, e)),
@@ -478,6 +532,11 @@ impl<T: FuzzTarget> Fuzzer<T> {
             return Err(failure.into());
         }
 
+        if campaign.borrow().stop_reason == Some(StopReason::FirstCrash) {
+            // Fuzzers sharing finds with this one stop too (`SyncHook`).
+            let stop = EventWithStats::with_current_time(Event::Stop, *state.executions());
+            mgr.fire(&mut state, stop)?;
+        }
         let (crash_history, hang_history) = fuzzer.objective().histories();
         output::write_histories(&layout, crash_history, hang_history)?;
         executor.report_now(&state)?;

@@ -13,6 +13,9 @@ use crate::target::{CrashInfo, CrashKind};
 pub enum Origin {
     /// A seed file, by its (sanitised) file name.
     Seed { name: String },
+    /// An input another fuzzer found and shared (LLMP): AFL++'s `sync:NAME`, here the sender's
+    /// LLMP client id (`client3`).
+    Sync { from: String },
     /// A mutation of queue entry `src` by mutator `op` stacked `rep` times.
     Mutation {
         src: u32,
@@ -48,6 +51,7 @@ pub fn sanitise_seed_name(name: &str) -> String {
 fn describe(origin: &Origin, time_ms: u64, execs: u64) -> String {
     match origin {
         Origin::Seed { name } => format!("time:{time_ms},execs:{execs},orig:{name}"),
+        Origin::Sync { from } => format!("sync:{from},time:{time_ms},execs:{execs}"),
         Origin::Mutation { src, op, rep } => {
             format!("src:{src:06},time:{time_ms},execs:{execs},op:{op},rep:{rep}")
         }

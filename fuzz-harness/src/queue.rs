@@ -82,12 +82,18 @@ impl<EM, I, OT, S> Feedback<EM, I, OT, S> for QueueNamer {
                 // AFL++ names seeds with time:0,execs:0 (they are named before they run).
                 let (time_ms, execs) = match origin {
                     Origin::Seed { .. } => (0, 0),
-                    Origin::Mutation { .. } => (campaign.time_ms(), campaign.total_execs()),
+                    Origin::Mutation { .. } | Origin::Sync { .. } => {
+                        (campaign.time_ms(), campaign.total_execs())
+                    }
                 };
                 let name = names::queue_name(id, &origin, time_ms, execs, new_edges > 0);
-                if matches!(origin, Origin::Mutation { .. }) {
-                    campaign.corpus_found += 1;
-                    campaign.last_find_unix = unix_now();
+                match origin {
+                    Origin::Mutation { .. } => {
+                        campaign.corpus_found += 1;
+                        campaign.last_find_unix = unix_now();
+                    }
+                    Origin::Sync { .. } => campaign.corpus_imported += 1,
+                    Origin::Seed { .. } => {}
                 }
                 (id, name)
             }

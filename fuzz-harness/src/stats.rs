@@ -49,6 +49,8 @@ pub struct StatsSnapshot {
     pub corpus_count: u64,
     pub corpus_favored: u64,
     pub corpus_found: u64,
+    /// Queue entries taken from other fuzzers (LLMP).
+    pub corpus_imported: u64,
     pub max_depth: u64,
     pub cur_item: u64,
     pub pending_favs: u64,
@@ -133,6 +135,7 @@ where
         corpus_count: corpus.count() as u64,
         corpus_favored: favored,
         corpus_found: u64::from(campaign.corpus_found),
+        corpus_imported: u64::from(campaign.corpus_imported),
         max_depth,
         cur_item,
         pending_favs,
@@ -227,7 +230,7 @@ pub fn fuzzer_stats_text(
     line("corpus_count", s.corpus_count.to_string());
     line("corpus_favored", s.corpus_favored.to_string());
     line("corpus_found", s.corpus_found.to_string());
-    line("corpus_imported", "0".to_string());
+    line("corpus_imported", s.corpus_imported.to_string());
     line("corpus_variable", "0".to_string());
     line("max_depth", s.max_depth.to_string());
     line("cur_item", s.cur_item.to_string());

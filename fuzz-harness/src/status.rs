@@ -39,10 +39,16 @@ impl StatusPrinter {
 
     /// Shows one status update.
     pub fn status(&mut self, snapshot: &StatsSnapshot) {
+        if self.enabled {
+            self.line(&status_line(snapshot));
+        }
+    }
+
+    /// Shows one status line (in place on a terminal).
+    pub fn line(&mut self, line: &str) {
         if !self.enabled {
             return;
         }
-        let line = status_line(snapshot);
         let mut err = std::io::stderr().lock();
         if self.in_place {
             let _ = write!(err, "\r\x1b[2K{line}");

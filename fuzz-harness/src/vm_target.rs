@@ -23,7 +23,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmm::{EngineStats, Machine, MachineConfig, MachineError, VmControl, VmEvent};
+use std::fs::File;
+
+use vmm::{
+    EngineStats, Machine, MachineConfig, MachineError, MachineState, ResumeOptions, VmControl,
+    VmEvent,
+};
 
 use crate::target::{CrashInfo, CrashKind, FuzzTarget, RunOutcome, POWER_OFF_CODE, RESET_CODE};
 
@@ -44,6 +49,10 @@ pub enum VmTargetError {
     EndedBeforeSnapshot(String),
     #[error("the guest has no input buffer (BAR2 is empty)")]
     NoInputBuffer,
+    #[error("cannot resume the snapshot: {0}")]
+    Resume(#[source] MachineError),
+    #[error("cannot take the snapshot out of the booted machine: {0}")]
+    Snapshot(#[source] MachineError),
     #[error("stopped before the guest took its snapshot")]
     StoppedBeforeSnapshot,
     #[error("VM failure during a run: {0}")]
@@ -95,6 +104,34 @@ impl VmTarget {
             machine,
             final_stats: Arc::default(),
         })
+    }
+
+    /// A VM resumed at the snapshot point of another one (see [`VmTarget::into_snapshot`]): its
+    /// RAM is a private mapping of `memory`, so the pages it does not write stay shared with
+    /// every other machine resumed from the same file.
+    pub fn resume(
+        state: MachineState,
+        memory: File,
+        options: &ResumeOptions,
+    ) -> Result<Self, VmTargetError> {
+        let machine = Machine::resume(state, memory, options).map_err(VmTargetError::Resume)?;
+        if machine.input_capacity() == 0 {
+            return Err(VmTargetError::NoInputBuffer);
+        }
+        Ok(Self {
+            machine,
+            final_stats: Arc::default(),
+        })
+    }
+
+    /// The snapshot point as [`VmTarget::resume`] takes it (the state and its memory file); the
+    /// VM itself is gone when this returns (a KVM VM does not survive `fork`).
+    pub fn into_snapshot(mut self) -> Result<(MachineState, File), VmTargetError> {
+        match self.machine.snapshot_image() {
+            Ok(Some(image)) => Ok(image),
+            Ok(None) => Err(VmTargetError::Snapshot(MachineError::NoSnapshot)),
+            Err(error) => Err(VmTargetError::Snapshot(error)),
+        }
     }
 
     /// Where the machine's statistics land when this target is dropped.

@@ -30,16 +30,39 @@ pub struct DeadlineTimer {
 unsafe impl Send for DeadlineTimer {}
 
 thread_local! {
-    // SAFETY: gettid has no preconditions. Cached: it is asked once per `run`.
-    static THREAD_ID: libc::pid_t = unsafe { libc::gettid() };
+    // Cached: it is asked once per `run`. 0: not known yet (or forgotten in a forked child).
+    static THREAD_ID: std::cell::Cell<libc::pid_t> = const { std::cell::Cell::new(0) };
 }
 
 fn current_tid() -> libc::pid_t {
-    THREAD_ID.with(|tid| *tid)
+    THREAD_ID.with(|cached| match cached.get() {
+        0 => {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            cached.set(tid);
+            tid
+        }
+        tid => tid,
+    })
+}
+
+/// In the child of a `fork` (`--jobs`: a machine is built in each job after the fork), the
+/// forking thread has a new id: forget the cached one.
+extern "C" fn forget_thread_id_after_fork() {
+    THREAD_ID.with(|cached| cached.set(0));
+}
+
+fn forget_thread_id_on_fork() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a child handler that only writes a thread-local Cell.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_thread_id_after_fork)) };
+    });
 }
 
 impl DeadlineTimer {
     pub fn new() -> Self {
+        forget_thread_id_on_fork();
         DeadlineTimer {
             timer: None,
             armed_for: None,

@@ -539,6 +539,32 @@ impl Machine {
         }))
     }
 
+    /// The snapshot as `resume` takes it: its state and a handle to its memory file (a memfd
+    /// laid out like RAM; the capture finished first). `None` without a snapshot. Many machines
+    /// resumed from one such file share its clean pages: each maps it privately.
+    pub fn snapshot_image(&mut self) -> Result<Option<(MachineState, File)>, MachineError> {
+        let mem_bytes = self.ram.size();
+        let layout = self.device_layout;
+        let Some(parts) = self.engine.snapshot()? else {
+            return Ok(None);
+        };
+        let memory = parts
+            .memory
+            .file()
+            .try_clone()
+            .map_err(DiskError::MemoryFile)?;
+        Ok(Some((
+            MachineState {
+                mem_bytes,
+                device_layout: layout,
+                vcpu: parts.vcpu.clone(),
+                vm: parts.vm.clone(),
+                devices: parts.devices.clone(),
+            },
+            memory,
+        )))
+    }
+
     /// Writes the snapshot to `dir` (atomically). Nothing is written without a snapshot.
     pub fn write_snapshot(&mut self, dir: &Path) -> Result<(), MachineError> {
         let mem_bytes = self.ram.size();
