@@ -311,11 +311,9 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
-/// `snapvmm fuzz`: returns the exit status.
+/// `snapvmm fuzz` in one process (without `--jobs`, `--listen`, `--connect`: `fuzz_jobs`):
+/// returns the exit status.
 pub fn fuzz(args: FuzzArgs) -> Result<u8, Failure> {
-    if args.jobs.is_some() || args.listen.is_some() || args.connect.is_some() {
-        return crate::fuzz_jobs::fuzz_jobs(args);
-    }
     let mut config = args.fuzz_config()?;
     fs::create_dir_all(&args.out).map_err(|error| {
         Failure::setup(format!(
@@ -366,6 +364,11 @@ pub(crate) fn campaign_failure(error: FuzzError) -> Failure {
 }
 
 impl FuzzArgs {
+    /// Whether the campaign runs as jobs under a broker (`fuzz_jobs`).
+    pub fn wants_jobs(&self) -> bool {
+        self.jobs.is_some() || self.listen.is_some() || self.connect.is_some()
+    }
+
     /// The engine's configuration from the command line (instance `default`).
     pub(crate) fn fuzz_config(&self) -> Result<FuzzConfig, Failure> {
         let timeout = self.target.timeout()?;

@@ -199,6 +199,7 @@ fn main() -> ExitCode {
                 ExitCode::from(STATUS_SETUP_ERROR)
             }
         },
+        Command::Fuzz(args) if args.wants_jobs() => finish(fuzz_jobs::fuzz_jobs(args)),
         Command::Fuzz(args) => finish(fuzz::fuzz(args)),
         Command::Repro(args) => finish(fuzz::repro(args)),
         Command::Plot(args) => finish(fuzz::plot(args)),
