@@ -264,29 +264,15 @@ const LVT_TIMER_TSC_DEADLINE: u32 = 2;
 /// count (a TSC-deadline timer's deadline is an MSR, written after the LAPIC as KVM requires).
 /// Returns whether the LAPIC was set.
 pub fn restore_lapic_if_changed(vcpu: &VcpuFd, state: &VcpuState) -> Result<bool, VstateError> {
-    let word = |regs: &[u8], offset: usize| {
-        regs.get(offset..offset + 4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_le_bytes)
-    };
-    let lvtt = word(&state.lapic, LAPIC_LVT_TIMER);
+    let lvtt = lapic_word(&state.lapic, LAPIC_LVT_TIMER);
     let mode = (lvtt >> LVT_TIMER_MODE_SHIFT) & 3;
     let deadline_mode = lvtt & LVT_MASKED == 0 && mode == LVT_TIMER_TSC_DEADLINE;
     let armed = deadline_mode
-        || (lvtt & LVT_MASKED == 0 && word(&state.lapic, LAPIC_TIMER_INITIAL_COUNT) != 0);
+        || (lvtt & LVT_MASKED == 0 && lapic_word(&state.lapic, LAPIC_TIMER_INITIAL_COUNT) != 0);
     if !armed {
         let now = vcpu.get_lapic().map_err(kvm_err("GET_LAPIC"))?;
-        let differs =
-            now.regs
-                .iter()
-                .zip(&state.lapic)
-                .enumerate()
-                .any(|(offset, (&now, &then))| {
-                    now as u8 != then
-                        && !(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4)
-                            .contains(&offset)
-                });
-        if !differs {
+        let now = now.regs.map(|byte| byte as u8);
+        if lapic_differences(&state.lapic, &now).next().is_none() {
             return Ok(false);
         }
     }
@@ -379,6 +365,26 @@ pub fn enable_sync_regs(vcpu: &mut VcpuFd) {
 /// LAPIC registers that count on their own (timer current count) and so differ with time.
 const LAPIC_TIMER_CURRENT_COUNT: usize = 0x390;
 
+/// The 32-bit LAPIC register at `offset` of a register page (0 past its end).
+fn lapic_word(regs: &[u8], offset: usize) -> u32 {
+    regs.get(offset..offset + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+/// The registers (offset, then, now) in which two LAPIC register pages differ; the timer's
+/// current count moves with time and is left out.
+fn lapic_differences<'a>(
+    then: &'a [u8],
+    now: &'a [u8],
+) -> impl Iterator<Item = (usize, u32, u32)> + 'a {
+    (0..then.len().max(now.len()))
+        .step_by(4)
+        .filter(|&offset| offset != LAPIC_TIMER_CURRENT_COUNT)
+        .map(move |offset| (offset, lapic_word(then, offset), lapic_word(now, offset)))
+        .filter(|(_, a, b)| a != b)
+}
+
 /// The parts of `now` that differ from `saved`, by name. Values that move with time alone (the
 /// TSC, the LAPIC timer's current count) are not compared: a restore does not stop the clock.
 pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
@@ -412,27 +418,11 @@ pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
     check("vCPU events", saved.vcpu_events == now.vcpu_events);
     check("MP state", saved.mp_state == now.mp_state);
     check("debug registers", saved.debug_regs == now.debug_regs);
-    let timeless = |state: &VcpuState| {
-        let mut lapic = state.lapic.clone();
-        if let Some(count) = lapic.get_mut(LAPIC_TIMER_CURRENT_COUNT..LAPIC_TIMER_CURRENT_COUNT + 4)
-        {
-            count.fill(0);
-        }
-        lapic
-    };
-    let (lapic_saved, lapic_now) = (timeless(saved), timeless(now));
-    let differing: Vec<String> = lapic_saved
-        .chunks(4)
-        .zip(lapic_now.chunks(4))
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
+    let differing: Vec<String> = lapic_differences(&saved.lapic, &now.lapic)
         .take(8)
-        .map(|(i, (a, b))| {
-            let word = |w: &[u8]| w.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
-            format!("{:#05x}: {:#x} -> {:#x}", i * 4, word(a), word(b))
-        })
+        .map(|(offset, a, b)| format!("{offset:#05x}: {a:#x} -> {b:#x}"))
         .collect();
-    if !differing.is_empty() || lapic_saved.len() != lapic_now.len() {
+    if !differing.is_empty() || saved.lapic.len() != now.lapic.len() {
         check(
             &format!("LAPIC (registers {})", differing.join(", ")),
             false,
@@ -448,4 +438,21 @@ pub fn vcpu_differences(saved: &VcpuState, now: &VcpuState) -> Vec<String> {
         }
     }
     differences
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapic_differences_name_registers_and_ignore_the_current_count() {
+        let then = vec![0u8; 1024];
+        let mut now = then.clone();
+        now[LAPIC_TIMER_CURRENT_COUNT] = 0x55;
+        assert_eq!(lapic_differences(&then, &now).count(), 0);
+        now[0x212] = 0x01; // IRR of vectors 32-63 at 0x210: vector 0x30 is its bit 16
+        now[LAPIC_TIMER_INITIAL_COUNT] = 0x76;
+        let found: Vec<_> = lapic_differences(&then, &now).collect();
+        assert_eq!(found, vec![(0x210, 0, 0x10000), (0x380, 0, 0x76)]);
+    }
 }
