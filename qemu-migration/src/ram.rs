@@ -80,6 +80,12 @@ pub trait RamSource {
     fn page(&self, _block: &str, _offset: u64) -> Option<&[u8]> {
         None
     }
+    /// Whether the page at `offset` of `block` is known to be all zeros without reading it (a
+    /// hole in the file behind guest RAM): the writer then sends a ZERO record and never touches
+    /// the page, which reading would allocate. `false` (the default) when unknown.
+    fn known_zero(&self, _block: &str, _offset: u64) -> bool {
+        false
+    }
 }
 
 /// Reader limits on RAM.
@@ -330,6 +336,17 @@ impl RamEncoder {
             self.header(out, block, offset, ram_flags::PAGE)?;
             Ok(true)
         }
+    }
+
+    /// The ZERO record of a page known to be all zeros, without looking at it.
+    pub fn write_zero_page<W: Write>(
+        &mut self,
+        out: &mut W,
+        block: &str,
+        offset: u64,
+    ) -> Result<(), WireError> {
+        self.header(out, block, offset, ram_flags::ZERO)?;
+        out.put_u8(0)
     }
 
     pub fn write_eos<W: Write>(&mut self, out: &mut W) -> Result<(), WireError> {

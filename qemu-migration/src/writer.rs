@@ -143,14 +143,21 @@ impl<W: Write> StreamWriter<W> {
                     batch.small().put_u8(format::SECTION_PART)?;
                     batch.small().put_be32(section_id)?;
                 }
-                let page = source.page(&block.name, offset).ok_or_else(|| {
-                    RamAccessError(format!("page {offset:#x} of {:?} is missing", block.name))
-                })?;
-                if self
-                    .ram_encoder
-                    .write_page_header(batch.small(), &block.name, offset, page)?
-                {
-                    batch.push_page(page);
+                if source.known_zero(&block.name, offset) {
+                    self.ram_encoder
+                        .write_zero_page(batch.small(), &block.name, offset)?;
+                } else {
+                    let page = source.page(&block.name, offset).ok_or_else(|| {
+                        RamAccessError(format!("page {offset:#x} of {:?} is missing", block.name))
+                    })?;
+                    if self.ram_encoder.write_page_header(
+                        batch.small(),
+                        &block.name,
+                        offset,
+                        page,
+                    )? {
+                        batch.push_page(page);
+                    }
                 }
                 in_chunk += 1;
                 if in_chunk == self.pages_per_chunk {
@@ -188,9 +195,14 @@ impl<W: Write> StreamWriter<W> {
                     self.out.put_u8(format::SECTION_PART)?;
                     self.out.put_be32(section_id)?;
                 }
-                source.read_page(&block.name, offset, &mut page)?;
-                self.ram_encoder
-                    .write_page(&mut self.out, &block.name, offset, &page)?;
+                if source.known_zero(&block.name, offset) {
+                    self.ram_encoder
+                        .write_zero_page(&mut self.out, &block.name, offset)?;
+                } else {
+                    source.read_page(&block.name, offset, &mut page)?;
+                    self.ram_encoder
+                        .write_page(&mut self.out, &block.name, offset, &page)?;
+                }
                 in_chunk += 1;
                 if in_chunk == self.pages_per_chunk {
                     self.ram_encoder.write_eos(&mut self.out)?;

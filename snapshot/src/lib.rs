@@ -12,6 +12,7 @@
 //! - `vm_state`: the vCPU and VM state the VMM captures.
 
 pub mod dirty_pages;
+pub mod file_extents;
 pub mod host_file;
 pub mod persist;
 pub mod ram_capture;

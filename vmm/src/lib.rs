@@ -47,6 +47,7 @@ pub mod engine;
 pub mod event;
 pub mod firmware;
 pub mod hot_pages;
+pub mod known_zero_pages;
 pub mod machine;
 pub mod machine_state;
 pub mod memory;

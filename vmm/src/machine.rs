@@ -27,6 +27,7 @@ use crate::dirty_tracking::{DirtyTrackingError, DirtyTrackingMode};
 use crate::disk::{self, DiskError};
 use crate::engine::{EngineError, EngineOptions, EngineStats, SnapshotEngine, VmParts};
 use crate::event::VmEvent;
+use crate::known_zero_pages::KnownZeroPages;
 use crate::machine_state::{DeviceLayout, MachineState, MachineStateError};
 use crate::memory::{GuestMemory, GuestRam, MemoryError};
 use crate::signals::{self, KvmRunBinding};
@@ -231,8 +232,17 @@ impl Machine {
                 (guest_addr, bytes)
             })
             .collect();
+        // Holes of the file behind RAM are sent as zero pages unread: reading them would
+        // allocate them.
+        let known_zero = KnownZeroPages::of(&self.engine.ram_backings(&self.ram))
+            .map_err(|e| MachineError::QemuStream(crate::qemu_stream::QemuStreamError::Map(e)))?;
         Ok(crate::qemu_stream::export_regions(
-            &state, &regions, clocks, running, out,
+            &state,
+            &regions,
+            &known_zero,
+            clocks,
+            running,
+            out,
         )?)
     }
 
@@ -503,6 +513,13 @@ impl Machine {
     /// Guest RAM, for reading (or writing: then call `note_ram_written`).
     pub fn guest_memory(&self) -> &GuestMemory {
         &self.ram.memory
+    }
+
+    /// Bytes of guest RAM the host has allocated (the RAM memfd's blocks): pages the guest, the
+    /// VMM or a reader of RAM touched; RAM never touched costs nothing.
+    pub fn ram_allocated_bytes(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.ram.file.metadata()?.blocks() * 512)
     }
 
     /// Records that the caller wrote guest RAM through `guest_memory`, so the next restore puts

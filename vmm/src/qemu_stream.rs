@@ -22,6 +22,7 @@ use thiserror::Error;
 use crate::arch::layout::ram_ranges;
 use crate::background_writer::{self, BackgroundWriter};
 use crate::device_manager::{DeviceOptions, DeviceStates};
+use crate::known_zero_pages::{KnownZeroPages, RamBacking};
 use crate::machine_state::{DeviceLayout, MachineState, MachineStateError};
 use crate::memory::{MAX_MEM_BYTES, MIN_MEM_BYTES};
 
@@ -256,11 +257,13 @@ impl CaptureClocks {
     }
 }
 
-/// Writes `state` with RAM `ram` (laid out as snapvmm's memory files: `state.mem_bytes` long)
-/// as a QEMU 7.2 `microvm` stream. `running`: QEMU starts the guest after loading it.
+/// Writes `state` with RAM `ram` (laid out as snapvmm's memory files: `state.mem_bytes` long,
+/// a mapping of `file`) as a QEMU 7.2 `microvm` stream. `running`: QEMU starts the guest after
+/// loading it.
 pub fn export_stream<W: Write>(
     state: &MachineState,
     ram: &[u8],
+    file: &File,
     clocks: CaptureClocks,
     running: bool,
     out: W,
@@ -272,21 +275,33 @@ pub fn export_stream<W: Write>(
         });
     }
     let mut offset = 0;
-    let slices: Vec<(u64, &[u8])> = ram_ranges(state.mem_bytes)
-        .iter()
-        .filter_map(|r| {
-            let slice = ram.get(offset as usize..(offset + r.len) as usize)?;
-            offset += r.len;
-            Some((r.start, slice))
-        })
-        .collect();
-    export_regions(state, &slices, clocks, running, out)
+    let mut slices: Vec<(u64, &[u8])> = Vec::new();
+    let mut backings = Vec::new();
+    for range in ram_ranges(state.mem_bytes) {
+        let Some(slice) = ram.get(offset as usize..(offset + range.len) as usize) else {
+            break;
+        };
+        slices.push((range.start, slice));
+        backings.push(RamBacking {
+            guest_addr: range.start,
+            len: range.len,
+            host_addr: slice.as_ptr() as u64,
+            file,
+            file_offset: offset,
+            private: false,
+        });
+        offset += range.len;
+    }
+    // The file's holes are zero pages; reading them through the mapping would fill them.
+    let known_zero = KnownZeroPages::of(&backings).map_err(QemuStreamError::Map)?;
+    export_regions(state, &slices, &known_zero, clocks, running, out)
 }
 
 /// `export_stream` with RAM given as (guest-physical address, bytes) regions.
 pub fn export_regions<W: Write>(
     state: &MachineState,
     ram: &[(u64, &[u8])],
+    known_zero: &KnownZeroPages,
     clocks: CaptureClocks,
     running: bool,
     out: W,
@@ -298,7 +313,7 @@ pub fn export_regions<W: Write>(
             len: bytes.len() as u64,
         })
         .collect();
-    let mut memory = ExportMemory { ram };
+    let mut memory = ExportMemory { ram, known_zero };
     let mut source =
         GuestRamSource::new(MachineType::Microvm, &regions, &mut memory).map_err(|_| {
             QemuStreamError::Layout(regions.iter().map(|r| (r.guest_phys_addr, r.len)).collect())
@@ -327,6 +342,7 @@ pub fn export_snapshot_dir<W: Write>(
     export_stream(
         &saved.state,
         map.bytes(),
+        &saved.memory,
         CaptureClocks::of_saved(&saved.state),
         running,
         out,
@@ -348,6 +364,7 @@ fn file_offset(mem_bytes: u64, gpa: u64, len: u64) -> Option<u64> {
 /// Reads guest RAM for the stream writer.
 struct ExportMemory<'a> {
     ram: &'a [(u64, &'a [u8])],
+    known_zero: &'a KnownZeroPages,
 }
 
 impl StreamMemory for ExportMemory<'_> {
@@ -373,6 +390,9 @@ impl StreamMemory for ExportMemory<'_> {
     }
     fn page(&self, gpa: u64) -> Option<&[u8]> {
         self.slice(gpa, STREAM_PAGE_SIZE)
+    }
+    fn known_zero(&self, gpa: u64) -> bool {
+        self.known_zero.contains(gpa)
     }
 }
 

@@ -182,6 +182,11 @@ pub trait GuestMemory {
     fn page(&self, _gpa: u64) -> Option<&[u8]> {
         None
     }
+    /// Whether the page at `gpa` is known to be zero without reading it (see
+    /// [`RamSource::known_zero`]); `false` (the default) when unknown.
+    fn known_zero(&self, _gpa: u64) -> bool {
+        false
+    }
 }
 
 /// A [`RamSink`] that writes a stream's pages into guest memory by placement.
@@ -399,6 +404,13 @@ impl RamSource for GuestRamSource<'_> {
             return None;
         }
         self.memory.page(self.gpa(offset)?)
+    }
+
+    fn known_zero(&self, block: &str, offset: u64) -> bool {
+        block == self.block.name
+            && self
+                .gpa(offset)
+                .is_some_and(|gpa| self.memory.known_zero(gpa))
     }
 }
 

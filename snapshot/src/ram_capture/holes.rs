@@ -6,7 +6,8 @@
 //! and a page seen as data is copied, which is always correct.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+
+use crate::file_extents::for_each_hole_page;
 
 use crate::ram_layout::{RamLayout, PAGE_SIZE};
 
@@ -25,25 +26,13 @@ impl HoleMap {
                 continue;
             };
             let first_page = layout.region_first_page(index).unwrap_or(0);
-            let end = file_offset + region.len() as u64;
-            let mut pos = file_offset;
-            while pos < end {
-                let data = seek(file.as_raw_fd(), pos, libc::SEEK_DATA)?
-                    .unwrap_or(end)
-                    .min(end);
-                // Only whole pages inside [pos, data) are holes.
-                let hole_first = pos.div_ceil(PAGE_SIZE as u64);
-                let hole_end = data / PAGE_SIZE as u64;
-                for file_page in hole_first..hole_end {
-                    map.set(first_page + (file_page - file_offset / PAGE_SIZE as u64) as usize);
-                }
-                if data >= end {
-                    break;
-                }
-                pos = seek(file.as_raw_fd(), data, libc::SEEK_HOLE)?
-                    .unwrap_or(end)
-                    .max(data + 1);
-            }
+            for_each_hole_page(
+                file,
+                file_offset,
+                region.len() as u64,
+                PAGE_SIZE as u64,
+                &mut |page| map.set(first_page + page as usize),
+            )?;
         }
         Ok(map)
     }
@@ -72,22 +61,6 @@ impl HoleMap {
         }
         runs
     }
-}
-
-/// `lseek` with SEEK_DATA/SEEK_HOLE; `None` when there is no further data (ENXIO).
-pub(super) fn seek(fd: RawFd, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let from = libc::off_t::try_from(from).map_err(io::Error::other)?;
-    // SAFETY: lseek on a descriptor owned by the layout; no memory is passed.
-    let pos = unsafe { libc::lseek(fd, from, whence) };
-    if pos < 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(Some(pos as u64))
 }
 
 #[cfg(test)]

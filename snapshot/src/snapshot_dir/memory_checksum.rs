@@ -4,27 +4,12 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+pub(super) use crate::file_extents::next_data_extent;
 
 /// Bytes read per `pread` when checksumming a data extent.
 const READ_CHUNK: usize = 1 << 20;
-
-/// `lseek(SEEK_DATA / SEEK_HOLE)`; `None` when there is no data (ENXIO) past `from`.
-pub(super) fn seek(file: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let from = libc::off_t::try_from(from).map_err(io::Error::other)?;
-    // SAFETY: lseek on a descriptor owned by `file`; no memory is passed.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
-    if pos < 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(Some(pos as u64))
-}
 
 /// Feeds `len` zero bytes to `checksum` without touching them one by one.
 pub(super) fn hash_zeros(checksum: &mut crc32fast::Hasher, mut len: u64) {
@@ -41,21 +26,6 @@ pub(super) fn hash_zeros(checksum: &mut crc32fast::Hasher, mut len: u64) {
             power.combine(&same);
         }
     }
-}
-
-/// The next data extent `[start, end)` of `file` at or after `pos`, clamped to `len`; `None`
-/// when only holes are left.
-pub(super) fn next_data_extent(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
-    let start = seek(file, pos, libc::SEEK_DATA)?
-        .unwrap_or(len)
-        .clamp(pos, len);
-    if start >= len {
-        return Ok(None);
-    }
-    let end = seek(file, start, libc::SEEK_HOLE)?
-        .unwrap_or(len)
-        .clamp(start, len);
-    Ok(Some((start, end)))
 }
 
 /// CRC-32 of the first `len` bytes of `file`, reading only its data extents.

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 use crate::device_manager::{DeviceManager, DeviceStates};
 use crate::dirty_tracking::{DirtyTracker, DirtyTrackingError, DirtyTrackingMode};
+use crate::known_zero_pages::RamBacking;
 use crate::memory::GuestRam;
 use crate::vstate::{
     capture_vcpu, capture_vm_wide, prepare_xsave, restore_clock, restore_interrupt_controllers,
@@ -194,6 +195,30 @@ impl SnapshotEngine {
 
     pub fn shadow_mmu(&self) -> bool {
         self.shadow.shadow_mmu()
+    }
+
+    /// The file behind each RAM slot now: the RAM memfd, or the snapshot file RAM is privately
+    /// mapped over (remap restores, resumes from disk); empty when that file is not at hand.
+    pub fn ram_backings<'a>(&'a self, ram: &'a GuestRam) -> Vec<RamBacking<'a>> {
+        let file = if self.ram_private {
+            match self.snapshot.as_ref().map(|snapshot| &snapshot.ram) {
+                Some(SnapshotRam::Ready(memory)) => memory.file(),
+                _ => return Vec::new(),
+            }
+        } else {
+            &ram.file
+        };
+        self.slots
+            .spans()
+            .map(|(guest_addr, live, file_offset)| RamBacking {
+                guest_addr,
+                len: live.len() as u64,
+                host_addr: live.as_ptr() as u64,
+                file,
+                file_offset: file_offset as u64,
+                private: self.ram_private,
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> &EngineStats {
