@@ -53,7 +53,11 @@ pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if args.out.as_os_str() == "-" {
         let out = BufWriter::with_capacity(STREAM_BUFFER, std::io::stdout().lock());
-        let mut out = qemu_stream::export_snapshot_dir(&args.dir, !args.paused, out)?;
+        let mut out = qemu_stream::export_snapshot_dir(
+            &args.dir,
+            !args.paused,
+            qemu_stream::StreamOut::Writer(out),
+        )?;
         out.flush().context("cannot write the stream to stdout")?;
         return Ok(());
     }
@@ -64,13 +68,11 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let result = qemu_stream::export_snapshot_dir(
         &args.dir,
         !args.paused,
-        BufWriter::with_capacity(STREAM_BUFFER, file),
+        qemu_stream::StreamOut::File(&file, &file),
     )
     .map_err(anyhow::Error::from)
-    .and_then(|out| {
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|file| file.sync_all())
+    .and_then(|file| {
+        file.sync_all()
             .with_context(|| format!("cannot write {}", partial.display()))
     })
     .and_then(|()| {

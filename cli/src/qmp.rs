@@ -85,8 +85,16 @@ pub enum VmRequest {
     Cont,
     Status,
     /// Write the machine as a stream into this sink, then stay paused (`postmigrate`).
-    Migrate(Box<dyn Write + Send>),
+    Migrate(MigrationSink),
     Quit,
+}
+
+/// Where a migration's stream goes.
+pub enum MigrationSink {
+    /// `file:`: written with the pages at their offsets, by several threads.
+    File(std::fs::File),
+    /// `exec:`: the command's stdin, in order.
+    Pipe(Box<dyn Write + Send>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,14 +182,19 @@ impl QmpLink {
                 VmRequest::Status => None,
                 VmRequest::Migrate(sink) => {
                     let running = self.state == RunState::Running;
-                    let result = machine
-                        .export_qemu_stream(running, BufWriter::with_capacity(1 << 20, sink))
-                        .map_err(|e| e.to_string())
-                        .and_then(|out| {
-                            out.into_inner()
-                                .map_err(|e| e.into_error().to_string())
-                                .map(drop)
-                        });
+                    let result = match sink {
+                        MigrationSink::File(file) => machine
+                            .export_qemu_stream_to_file(running, &file)
+                            .map_err(|e| e.to_string()),
+                        MigrationSink::Pipe(pipe) => machine
+                            .export_qemu_stream(running, BufWriter::with_capacity(1 << 20, pipe))
+                            .map_err(|e| e.to_string())
+                            .and_then(|out| {
+                                out.into_inner()
+                                    .map_err(|e| e.into_error().to_string())
+                                    .map(drop)
+                            }),
+                    };
                     if result.is_ok() {
                         self.state = RunState::Postmigrate;
                     }
@@ -457,7 +470,7 @@ fn migrate(server: &Server, uri: &StreamUri) -> Result<(), String> {
             let file = std::fs::File::create(path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             let sync = file.try_clone().map_err(|e| e.to_string())?;
-            written(server.ask(VmRequest::Migrate(Box::new(file)))?)?;
+            written(server.ask(VmRequest::Migrate(MigrationSink::File(file)))?)?;
             sync.sync_all().map_err(|e| e.to_string())
         }
         StreamUri::Exec(command) => {
@@ -467,8 +480,9 @@ fn migrate(server: &Server, uri: &StreamUri) -> Result<(), String> {
                 .stdin
                 .take()
                 .ok_or_else(|| "no pipe to the command".to_string())?;
+            widen_pipe(&stdin);
             let result = server
-                .ask(VmRequest::Migrate(Box::new(stdin)))
+                .ask(VmRequest::Migrate(MigrationSink::Pipe(Box::new(stdin))))
                 .and_then(written);
             let status = child.wait().map_err(|e| e.to_string())?;
             result?;
@@ -480,6 +494,17 @@ fn migrate(server: &Server, uri: &StreamUri) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Pipe capacity asked for an `exec:` command's stdin: the stream goes in 1 MiB writes, and a
+/// pipe of 64 KiB (the default) wakes the command and the writer for every 16 pages.
+const EXEC_PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Asks for a larger pipe (capped by /proc/sys/fs/pipe-max-size); a refusal only costs speed.
+fn widen_pipe(pipe: &std::process::ChildStdin) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe descriptor we own; F_SETPIPE_SZ takes an int and no memory.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, EXEC_PIPE_BYTES) };
 }
 
 fn written(reply: VmReply) -> Result<(), String> {

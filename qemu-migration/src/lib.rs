@@ -16,6 +16,7 @@ pub mod format;
 pub mod hflags;
 pub mod machine;
 pub mod page_batch;
+pub mod positional_output;
 pub mod ram;
 pub mod reader;
 pub mod sections;
@@ -24,8 +25,8 @@ pub mod wire;
 pub mod writer;
 
 pub use machine::{
-    export_machine, import_machine, ExportError, ExportParts, ImportError, ImportOptions,
-    ImportedMachine, MachineType,
+    export_machine, export_machine_to_file, import_machine, ExportError, ExportParts, ImportError,
+    ImportOptions, ImportedMachine, MachineType,
 };
 pub use ram::{RamAccessError, RamBlock, RamSink, RamSource, VecRam};
 pub use reader::{read_stream, ParsedStream, ReadError, ReadLimits, Section};

@@ -5,6 +5,7 @@
 
 use std::io::{IoSlice, Write};
 
+use crate::positional_output::{write_all_vectored_at, PositionalOutput};
 use crate::wire::WireError;
 
 /// Pages per vectored write (the kernel takes up to 1024 slices per call: a header and a page
@@ -49,8 +50,34 @@ impl<'p> PageBatch<'p> {
         self.pages.len() >= PAGES_PER_BATCH
     }
 
+    /// Bytes the batch holds.
+    pub fn len(&self) -> u64 {
+        (self.small.len() + self.pages.iter().map(|(_, page)| page.len()).sum::<usize>()) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.pages.is_empty()
+    }
+
     /// Writes everything in order and empties the batch.
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> Result<(), WireError> {
+        let mut slices = self.slices();
+        write_all_vectored(out, &mut slices)?;
+        drop(slices);
+        self.small.clear();
+        self.pages.clear();
+        self.placed = 0;
+        Ok(())
+    }
+
+    /// Writes everything in order at `offset` of `out`.
+    pub fn write_at(&self, out: &dyn PositionalOutput, offset: u64) -> Result<(), WireError> {
+        let mut slices = self.slices();
+        write_all_vectored_at(out, &mut slices, offset).map_err(WireError::Write)
+    }
+
+    /// The batch as slices in stream order.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
         let mut slices = Vec::with_capacity(self.pages.len() * 2 + 1);
         let mut at = 0;
         for &(before, page) in &self.pages {
@@ -65,11 +92,7 @@ impl<'p> PageBatch<'p> {
         if at < self.small.len() {
             slices.push(IoSlice::new(self.small.get(at..).unwrap_or_default()));
         }
-        write_all_vectored(out, &mut slices)?;
-        self.small.clear();
-        self.pages.clear();
-        self.placed = 0;
-        Ok(())
+        slices
     }
 }
 

@@ -9,10 +9,14 @@ use thiserror::Error;
 
 use crate::format::{self, PAGE_SIZE, RAM_IDSTR, RAM_VERSION};
 use crate::page_batch::PageBatch;
+use crate::positional_output::PositionalOutput;
 use crate::ram::{RamAccessError, RamBlock, RamEncoder, RamSource};
 use crate::reader::Section;
 use crate::vmstate::BodyWriter;
 use crate::wire::{WireError, WireWrite};
+
+/// Threads that write a stream's pages into a file at once (`write_ram_at`).
+pub const PARALLEL_WRITERS: usize = 2;
 
 /// Pages per PART chunk (QEMU's own chunks are bandwidth-limited; any size loads).
 pub const DEFAULT_PAGES_PER_CHUNK: usize = 8192;
@@ -30,7 +34,7 @@ pub enum WriteError {
 /// Writes one stream. Call `write_ram` (once, first) then `write_section` for each device, then
 /// `finish`.
 pub struct StreamWriter<W: Write> {
-    out: BufWriter<W>,
+    out: BufWriter<Counted<W>>,
     ram_encoder: RamEncoder,
     ram_written: bool,
     devices: Vec<Value>,
@@ -40,7 +44,13 @@ pub struct StreamWriter<W: Write> {
 impl<W: Write> StreamWriter<W> {
     /// Writes the header and the configuration section naming `machine`.
     pub fn new(out: W, machine: &str) -> Result<Self, WriteError> {
-        let mut out = BufWriter::with_capacity(1 << 20, out);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            Counted {
+                inner: out,
+                bytes: 0,
+            },
+        );
         out.put_be32(format::MAGIC)?;
         out.put_be32(format::VERSION)?;
         out.put_u8(format::CONFIGURATION)?;
@@ -53,6 +63,11 @@ impl<W: Write> StreamWriter<W> {
             devices: Vec::new(),
             pages_per_chunk: DEFAULT_PAGES_PER_CHUNK,
         })
+    }
+
+    /// Bytes of the stream so far (written or buffered).
+    fn position(&self) -> u64 {
+        self.out.get_ref().bytes + self.out.buffer().len() as u64
     }
 
     pub fn set_pages_per_chunk(&mut self, pages: usize) {
@@ -94,6 +109,28 @@ impl<W: Write> StreamWriter<W> {
         blocks: &[RamBlock],
         source: &mut dyn RamSource,
     ) -> Result<(), WriteError> {
+        self.write_ram_to(section_id, blocks, source, None)
+    }
+
+    /// `write_ram` into a file that the writer's output also goes to: the pages, when the source
+    /// lends them, are written at their offsets by [`PARALLEL_WRITERS`] threads at once.
+    pub fn write_ram_at(
+        &mut self,
+        section_id: u32,
+        blocks: &[RamBlock],
+        source: &mut dyn RamSource,
+        file: &dyn PositionalOutput,
+    ) -> Result<(), WriteError> {
+        self.write_ram_to(section_id, blocks, source, Some(file))
+    }
+
+    fn write_ram_to(
+        &mut self,
+        section_id: u32,
+        blocks: &[RamBlock],
+        source: &mut dyn RamSource,
+        file: Option<&dyn PositionalOutput>,
+    ) -> Result<(), WriteError> {
         if section_id == 0 || self.ram_written {
             return Err(WriteError::Invalid(
                 "ram needs a non-zero section id and is written once".into(),
@@ -117,8 +154,18 @@ impl<W: Write> StreamWriter<W> {
             .iter()
             .find(|block| block.used_length > 0)
             .is_none_or(|block| source.page(&block.name, 0).is_some());
-        if lends_pages {
-            self.write_lent_pages(section_id, blocks, source)?;
+        if let (true, Some(file)) = (lends_pages, file) {
+            self.write_lent_pages_at(section_id, blocks, source, file)?;
+        } else if lends_pages {
+            let out = &mut self.out;
+            encode_lent_pages(
+                &mut self.ram_encoder,
+                self.pages_per_chunk,
+                section_id,
+                blocks,
+                source,
+                &mut |batch| batch.write_to(out),
+            )?;
         } else {
             self.write_copied_pages(section_id, blocks, source)?;
         }
@@ -128,55 +175,73 @@ impl<W: Write> StreamWriter<W> {
         self.footer(section_id)
     }
 
-    /// The PART chunks, pages sent from where the source keeps them (see `PageBatch`).
-    fn write_lent_pages(
+    /// `encode_lent_pages` into `file` at the stream's offsets, by worker threads; the writer's
+    /// own output goes on after the pages.
+    fn write_lent_pages_at(
         &mut self,
         section_id: u32,
         blocks: &[RamBlock],
         source: &dyn RamSource,
+        file: &dyn PositionalOutput,
     ) -> Result<(), WriteError> {
-        let mut batch = PageBatch::default();
-        let mut in_chunk = 0usize;
-        for block in blocks {
-            for offset in (0..block.used_length).step_by(PAGE_SIZE) {
-                if in_chunk == 0 {
-                    batch.small().put_u8(format::SECTION_PART)?;
-                    batch.small().put_be32(section_id)?;
-                }
-                if source.known_zero(&block.name, offset) {
-                    self.ram_encoder
-                        .write_zero_page(batch.small(), &block.name, offset)?;
-                } else {
-                    let page = source.page(&block.name, offset).ok_or_else(|| {
-                        RamAccessError(format!("page {offset:#x} of {:?} is missing", block.name))
-                    })?;
-                    if self.ram_encoder.write_page_header(
-                        batch.small(),
-                        &block.name,
-                        offset,
-                        page,
-                    )? {
-                        batch.push_page(page);
-                    }
-                }
-                in_chunk += 1;
-                if in_chunk == self.pages_per_chunk {
-                    self.ram_encoder.write_eos(batch.small())?;
-                    batch.small().put_u8(format::SECTION_FOOTER)?;
-                    batch.small().put_be32(section_id)?;
-                    in_chunk = 0;
-                }
-                if batch.is_full() {
-                    batch.write_to(&mut self.out)?;
+        // Everything before the pages reaches the file first.
+        self.out.flush().map_err(WireError::from)?;
+        let start = self.position();
+        let mut end = start;
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(u64, PageBatch)>(2 * PARALLEL_WRITERS);
+        let queue = std::sync::Mutex::new(queue);
+        let written = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..PARALLEL_WRITERS)
+                .map(|_| {
+                    scope.spawn(|| -> Result<(), WireError> {
+                        loop {
+                            let job = match queue.lock() {
+                                Ok(queue) => queue.recv(),
+                                Err(_) => return Ok(()),
+                            };
+                            let Ok((offset, batch)) = job else {
+                                return Ok(());
+                            };
+                            batch.write_at(file, offset)?;
+                        }
+                    })
+                })
+                .collect();
+            let encoder = &mut self.ram_encoder;
+            let pages_per_chunk = self.pages_per_chunk;
+            let encoded = encode_lent_pages(
+                encoder,
+                pages_per_chunk,
+                section_id,
+                blocks,
+                source,
+                &mut |batch| {
+                    let batch = std::mem::take(batch);
+                    let offset = end;
+                    end += batch.len();
+                    // A closed queue means a worker failed: its error is reported below.
+                    jobs.send((offset, batch)).map_err(|_| {
+                        WireError::Write(std::io::Error::other("a stream writer thread stopped"))
+                    })
+                },
+            );
+            drop(jobs);
+            let mut result = encoded;
+            for worker in workers {
+                let outcome = worker.join().unwrap_or_else(|_| {
+                    Err(WireError::Write(std::io::Error::other(
+                        "a stream writer thread panicked",
+                    )))
+                });
+                if let Err(e) = outcome {
+                    result = Err(e.into());
                 }
             }
-        }
-        if in_chunk > 0 {
-            self.ram_encoder.write_eos(batch.small())?;
-            batch.small().put_u8(format::SECTION_FOOTER)?;
-            batch.small().put_be32(section_id)?;
-        }
-        batch.write_to(&mut self.out)?;
+            result
+        });
+        written?;
+        file.seek_to(end).map_err(WireError::from)?;
+        self.out.get_mut().bytes = end;
         Ok(())
     }
 
@@ -252,6 +317,7 @@ impl<W: Write> StreamWriter<W> {
             .map_err(WireError::from)?;
         self.out
             .into_inner()
+            .map(|counted| counted.inner)
             .map_err(|e| WriteError::Wire(WireError::Write(e.into_error())))
     }
 }
@@ -270,4 +336,75 @@ pub fn write_parsed<W: Write>(
         writer.write_section(section)?;
     }
     writer.finish()
+}
+
+/// The writer's output, counting the bytes that reached it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The PART chunks, pages sent from where the source keeps them (see `PageBatch`): each
+/// batch in stream order goes to `emit`, which writes it and leaves it empty.
+fn encode_lent_pages<'p>(
+    encoder: &mut RamEncoder,
+    pages_per_chunk: usize,
+    section_id: u32,
+    blocks: &[RamBlock],
+    source: &'p dyn RamSource,
+    emit: &mut dyn FnMut(&mut PageBatch<'p>) -> Result<(), WireError>,
+) -> Result<(), WriteError> {
+    let mut batch = PageBatch::default();
+    let mut in_chunk = 0usize;
+    for block in blocks {
+        for offset in (0..block.used_length).step_by(PAGE_SIZE) {
+            if in_chunk == 0 {
+                batch.small().put_u8(format::SECTION_PART)?;
+                batch.small().put_be32(section_id)?;
+            }
+            if source.known_zero(&block.name, offset) {
+                encoder.write_zero_page(batch.small(), &block.name, offset)?;
+            } else {
+                let page = source.page(&block.name, offset).ok_or_else(|| {
+                    RamAccessError(format!("page {offset:#x} of {:?} is missing", block.name))
+                })?;
+                if encoder.write_page_header(batch.small(), &block.name, offset, page)? {
+                    batch.push_page(page);
+                }
+            }
+            in_chunk += 1;
+            if in_chunk == pages_per_chunk {
+                encoder.write_eos(batch.small())?;
+                batch.small().put_u8(format::SECTION_FOOTER)?;
+                batch.small().put_be32(section_id)?;
+                in_chunk = 0;
+            }
+            if batch.is_full() {
+                emit(&mut batch)?;
+            }
+        }
+    }
+    if in_chunk > 0 {
+        encoder.write_eos(batch.small())?;
+        batch.small().put_u8(format::SECTION_FOOTER)?;
+        batch.small().put_be32(section_id)?;
+    }
+    emit(&mut batch)?;
+    Ok(())
 }

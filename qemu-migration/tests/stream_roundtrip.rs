@@ -268,3 +268,62 @@ fn pages_known_zero_are_sent_as_zero_records_without_being_read() {
         assert_eq!(source.reads_of_known_zero.get(), 0, "lends: {lends}");
     }
 }
+
+/// Pages written at their offsets by several threads (`write_ram_at`, an export into a file)
+/// make the same bytes as the stream written in order, sections after the RAM included.
+#[test]
+fn pages_written_into_a_file_by_threads_match_the_stream_written_in_order() {
+    let mut main = vec![0u8; 3000 * 4096];
+    for (i, page) in main.chunks_exact_mut(4096).enumerate() {
+        if i % 5 != 0 {
+            page[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            page[4000] = i as u8;
+        }
+    }
+    let ram = VecRam {
+        blocks: vec![("microvm.ram".into(), main)],
+    };
+    let write = |file: Option<&std::fs::File>| -> Vec<u8> {
+        let mut source = HoleAwareRam {
+            ram: ram.clone(),
+            lends: true,
+            reads_of_known_zero: std::cell::Cell::new(0),
+        };
+        let blocks = source.ram.blocks_list();
+        let section = qemu_migration::Section {
+            section_id: 2,
+            idstr: "timer".into(),
+            instance_id: 0,
+            state: qemu_migration::SectionState::Timer(qemu_migration::sections::TimerSection {
+                cpu_ticks_offset: 5,
+                cpu_clock_offset: 7,
+            }),
+        };
+        match file {
+            None => {
+                let mut writer = StreamWriter::new(Vec::new(), "microvm").unwrap();
+                writer.set_pages_per_chunk(700);
+                writer.write_ram(1, &blocks, &mut source).unwrap();
+                writer.write_section(&section).unwrap();
+                writer.finish().unwrap()
+            }
+            Some(file) => {
+                let mut writer = StreamWriter::new(file, "microvm").unwrap();
+                writer.set_pages_per_chunk(700);
+                writer.write_ram_at(1, &blocks, &mut source, file).unwrap();
+                writer.write_section(&section).unwrap();
+                writer.finish().unwrap();
+                std::fs::read(format!("/proc/self/fd/{}", {
+                    use std::os::fd::AsRawFd;
+                    file.as_raw_fd()
+                }))
+                .unwrap()
+            }
+        }
+    };
+    let in_order = write(None);
+    let file = tempfile::tempfile().unwrap();
+    let at_offsets = write(Some(&file));
+    assert!(in_order.len() > 2400 * 4096);
+    assert!(in_order == at_offsets, "the streams differ");
+}

@@ -218,6 +218,25 @@ impl Machine {
         running: bool,
         out: W,
     ) -> Result<W, MachineError> {
+        self.export_qemu_stream_to(running, crate::qemu_stream::StreamOut::Writer(out))
+    }
+
+    /// `export_qemu_stream` into a file, from its current position, with its pages written by
+    /// several threads at once (see `qemu_stream::StreamOut::File`).
+    pub fn export_qemu_stream_to_file(
+        &mut self,
+        running: bool,
+        file: &File,
+    ) -> Result<(), MachineError> {
+        self.export_qemu_stream_to(running, crate::qemu_stream::StreamOut::File(file, file))
+            .map(drop)
+    }
+
+    fn export_qemu_stream_to<W: std::io::Write>(
+        &mut self,
+        running: bool,
+        out: crate::qemu_stream::StreamOut<W>,
+    ) -> Result<W, MachineError> {
         let state = self.current_state()?;
         let clocks = crate::qemu_stream::CaptureClocks::now();
         let regions: Vec<(u64, &[u8])> = self

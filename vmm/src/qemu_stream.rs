@@ -14,8 +14,8 @@ use qemu_migration::machine::ram_map::{
     GuestMemory as StreamMemory, GuestRamSink, GuestRamSource, MemoryRegionState,
 };
 use qemu_migration::{
-    export_machine, import_machine, ExportError, ExportParts, ImportError, ImportOptions,
-    MachineType, RamAccessError, ReadLimits,
+    export_machine, export_machine_to_file, import_machine, ExportError, ExportParts, ImportError,
+    ImportOptions, MachineType, RamAccessError, ReadLimits,
 };
 use thiserror::Error;
 
@@ -266,7 +266,7 @@ pub fn export_stream<W: Write>(
     file: &File,
     clocks: CaptureClocks,
     running: bool,
-    out: W,
+    out: StreamOut<W>,
 ) -> Result<W, QemuStreamError> {
     if ram.len() as u64 != state.mem_bytes {
         return Err(QemuStreamError::MemoryLength {
@@ -304,7 +304,7 @@ pub fn export_regions<W: Write>(
     known_zero: &KnownZeroPages,
     clocks: CaptureClocks,
     running: bool,
-    out: W,
+    out: StreamOut<W>,
 ) -> Result<W, QemuStreamError> {
     let regions: Vec<MemoryRegionState> = ram
         .iter()
@@ -328,14 +328,29 @@ pub fn export_regions<W: Write>(
         virtual_clock_ns: None,
         running,
     };
-    Ok(export_machine(&parts, &mut source, out)?)
+    Ok(match out {
+        StreamOut::Writer(out) => export_machine(&parts, &mut source, out)?,
+        StreamOut::File(file, out) => {
+            export_machine_to_file(&parts, &mut source, file)?;
+            out
+        }
+    })
+}
+
+/// Where an exported stream goes.
+pub enum StreamOut<'f, W> {
+    /// Written in order (a pipe, a buffered writer).
+    Writer(W),
+    /// A file, from its current position: pages are written at their offsets by several
+    /// threads at once. `W` (often the same `&File`) is handed back.
+    File(&'f File, W),
 }
 
 /// Exports the snapshot directory `dir` (see `export_stream`).
 pub fn export_snapshot_dir<W: Write>(
     dir: &std::path::Path,
     running: bool,
-    out: W,
+    out: StreamOut<W>,
 ) -> Result<W, QemuStreamError> {
     let saved = crate::disk::read_snapshot(dir)?;
     let map = ReadOnlyMap::new(&saved.memory, saved.state.mem_bytes)?;

@@ -107,6 +107,8 @@ const VCPU: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // A QEMU stream exported into a file: pages written at their offsets by several threads.
+    libc::SYS_pwritev,
     libc::SYS_readv,
     libc::SYS_writev,
     libc::SYS_lseek,

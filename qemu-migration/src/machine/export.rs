@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::cpu_map::{self, CpuMapError};
 use super::{device_map, irqchip_map, MachineType};
+use crate::positional_output::PositionalOutput;
 use crate::ram::RamSource;
 use crate::reader::Section;
 use crate::sections::{GlobalStateSection, KvmclockSection, SectionState, TimerSection};
@@ -56,6 +57,25 @@ pub fn export_machine<W: Write>(
     parts: &ExportParts,
     ram: &mut dyn RamSource,
     out: W,
+) -> Result<W, ExportError> {
+    export_machine_to(parts, ram, out, None)
+}
+
+/// `export_machine` into a file (at its current position): pages are written at their offsets
+/// by several threads at once (`StreamWriter::write_ram_at`).
+pub fn export_machine_to_file(
+    parts: &ExportParts,
+    ram: &mut dyn RamSource,
+    file: &std::fs::File,
+) -> Result<(), ExportError> {
+    export_machine_to(parts, ram, file, Some(file)).map(drop)
+}
+
+fn export_machine_to<W: Write>(
+    parts: &ExportParts,
+    ram: &mut dyn RamSource,
+    out: W,
+    positional: Option<&dyn PositionalOutput>,
 ) -> Result<W, ExportError> {
     let machine = MachineType::Microvm;
     let vm = parts.vm;
@@ -145,7 +165,10 @@ pub fn export_machine<W: Write>(
     ));
 
     let mut writer = StreamWriter::new(out, machine.name())?;
-    writer.write_ram(RAM_SECTION_ID, &blocks, ram)?;
+    match positional {
+        Some(file) => writer.write_ram_at(RAM_SECTION_ID, &blocks, ram, file)?,
+        None => writer.write_ram(RAM_SECTION_ID, &blocks, ram)?,
+    }
     for (index, (idstr, instance_id, state)) in sections.into_iter().enumerate() {
         writer.write_section(&Section {
             section_id: RAM_SECTION_ID + 1 + index as u32,

@@ -10,5 +10,5 @@ pub mod irqchip_map;
 pub mod ram_map;
 
 pub use catalog::MachineType;
-pub use export::{export_machine, ExportError, ExportParts};
+pub use export::{export_machine, export_machine_to_file, ExportError, ExportParts};
 pub use import::{import_machine, ImportError, ImportOptions, ImportedMachine};
