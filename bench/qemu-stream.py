@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """QEMU migration streams: snapvmm's export/import against QEMU 7.2's own migrate/-incoming, one
-run, same guest and sizes, streams through `exec:cat` into and out of files in one directory.
+run, same guest and sizes, streams through `exec:cat` into and out of files in one directory;
+every live step repeated (QEMU_STREAM_REPEATS, 5) and reported as its median and its runs.
 
 usage: bench/qemu-stream.py SNAPVMM GUEST_ELF WORKDIR
   GUEST_ELF: guest-tools' counter-tss.elf (fill=M fills M MiB of RAM with a non-zero pattern)
@@ -85,6 +86,21 @@ def wait_for(path, text, timeout=120):
     raise RuntimeError(f"{text!r} never appeared in {path}")
 
 
+# Each live step runs this many times (its stream file removed before each); the table gives the
+# median and the spread. Single runs move 2x on a shared host (page allocation in tmpfs).
+REPEATS = int(os.environ.get("QEMU_STREAM_REPEATS", "5"))
+
+
+def repeated(step):
+    """Runs `step()` (returns seconds) REPEATS times; returns the list."""
+    return [step() for _ in range(REPEATS)]
+
+
+def removed(path):
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def timed(args):
     start = time.time()
     result = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -125,37 +141,37 @@ def snapvmm_case(snapvmm, guest, work, mem_mib, fill_mib):
     # as a long-running guest's would be: one export warms it.
     qmp.command("stop")
     qmp.migrate(f"exec:cat > /dev/null")
-    wall, total = qmp.migrate(f"exec:cat > {stream}")
-    figures['QMP migrate "exec:cat > F" (stopped guest)'] = wall
-    os.remove(stream)
-    wall, total = qmp.migrate(f"file:{stream}")
-    figures['QMP migrate "file:F" (stopped guest)'] = wall
+
+    def migrate(uri):
+        removed(stream)
+        return qmp.migrate(uri)[0]
+
+    figures['QMP migrate "exec:cat > F" (stopped guest)'] = repeated(
+        lambda: migrate(f"exec:cat > {stream}"))
+    figures['QMP migrate "file:F" (stopped guest)'] = repeated(lambda: migrate(f"file:{stream}"))
     qmp.quit()
     vm.wait()
     figures["import (offline: file -> snapshot dir)"], result = timed(
         [snapvmm, "snapshot", "import", stream, imported])
     assert result.returncode == 0, result.stderr
     # Loaded: snapvmm opens its QMP socket once the stream is loaded (--paused: nothing runs).
-    start = time.time()
-    vm = subprocess.Popen([snapvmm, "run", "--incoming", f"exec:cat {stream}", "--paused",
-                           "--serial", "file:/dev/null",
-                           "--qmp", f"unix:{socket_path},server=on,wait=off"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    qmp = Qmp(socket_path)
-    assert qmp.status() == "paused"
-    figures['run --incoming "exec:cat F" (to the guest loaded)'] = time.time() - start
-    qmp.quit()
-    vm.wait()
-    start = time.time()
-    vm = subprocess.Popen([snapvmm, "run", "--incoming", f"file:{stream}", "--paused",
-                           "--serial", "file:/dev/null",
-                           "--qmp", f"unix:{socket_path},server=on,wait=off"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    qmp = Qmp(socket_path)
-    assert qmp.status() == "paused"
-    figures['run --incoming "file:F" (to the guest loaded)'] = time.time() - start
-    qmp.quit()
-    vm.wait()
+    def incoming(uri):
+        start = time.time()
+        vm = subprocess.Popen([snapvmm, "run", "--incoming", uri, "--paused",
+                               "--serial", "file:/dev/null",
+                               "--qmp", f"unix:{socket_path},server=on,wait=off"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        qmp = Qmp(socket_path)
+        assert qmp.status() == "paused"
+        elapsed = time.time() - start
+        qmp.quit()
+        vm.wait()
+        return elapsed
+
+    figures['run --incoming "exec:cat F" (to the guest loaded)'] = repeated(
+        lambda: incoming(f"exec:cat {stream}"))
+    figures['run --incoming "file:F" (to the guest loaded)'] = repeated(
+        lambda: incoming(f"file:{stream}"))
     os.remove(stream)
     shutil.rmtree(imported, ignore_errors=True)
     shutil.rmtree(snap, ignore_errors=True)
@@ -179,21 +195,34 @@ def qemu_case(guest, work, mem_mib, fill_mib):
     qmp.command("stop")
     qmp.command("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
     figures = {}
-    wall, total = qmp.migrate(f"exec:cat > {stream}")
-    figures['QMP migrate "exec:cat > F" (stopped guest)'] = wall
+
+    def migrate():
+        removed(stream)
+        if qmp.status() == "postmigrate":
+            # QEMU refuses a second migrate until the guest has run again (not timed).
+            qmp.command("cont")
+            qmp.command("stop")
+        return qmp.migrate(f"exec:cat > {stream}")[0]
+
+    figures['QMP migrate "exec:cat > F" (stopped guest)'] = repeated(migrate)
     size = os.path.getsize(stream)
     qmp.quit()
     source.wait()
-    start = time.time()
-    destination = subprocess.Popen(common + ["-serial", "file:/dev/null",
-                                             "-incoming", f"exec:cat {stream}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    qmp = Qmp(socket_path)
-    while qmp.status() == "inmigrate":
-        time.sleep(0.002)
-    figures['-incoming "exec:cat F" (to the guest loaded)'] = time.time() - start
-    qmp.quit()
-    destination.wait()
+
+    def incoming():
+        start = time.time()
+        destination = subprocess.Popen(common + ["-serial", "file:/dev/null",
+                                                 "-incoming", f"exec:cat {stream}"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        qmp = Qmp(socket_path)
+        while qmp.status() == "inmigrate":
+            time.sleep(0.002)
+        elapsed = time.time() - start
+        qmp.quit()
+        destination.wait()
+        return elapsed
+
+    figures['-incoming "exec:cat F" (to the guest loaded)'] = repeated(incoming)
     os.remove(stream)
     return figures, size
 
@@ -201,15 +230,19 @@ def qemu_case(guest, work, mem_mib, fill_mib):
 def main():
     snapvmm, guest, work = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
-    print("| guest | VMM | step | seconds | stream bytes |")
-    print("|---|---|---|---|---|")
+    print(f"| guest | VMM | step | seconds (median of {REPEATS} for live steps) | runs | stream bytes |")
+    print("|---|---|---|---|---|---|")
     for mem_mib, fill_mib, label in ((1024, 512, "1 GiB, 512 MiB non-zero"),
                                      (64, 0, "64 MiB, sparse")):
         for vmm, (figures, size) in (("snapvmm", snapvmm_case(snapvmm, guest, work, mem_mib,
                                                               fill_mib)),
                                      ("QEMU 7.2", qemu_case(guest, work, mem_mib, fill_mib))):
             for step, seconds in figures.items():
-                print(f"| {label} | {vmm} | {step} | {seconds:.3f} | {size:,} |", flush=True)
+                runs = seconds if isinstance(seconds, list) else [seconds]
+                median = sorted(runs)[len(runs) // 2]
+                spread = " ".join(f"{run:.3f}" for run in runs)
+                print(f"| {label} | {vmm} | {step} | {median:.3f} | {spread} | {size:,} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -471,7 +471,11 @@ fn migrate(server: &Server, uri: &StreamUri) -> Result<(), String> {
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             let sync = file.try_clone().map_err(|e| e.to_string())?;
             written(server.ask(VmRequest::Migrate(MigrationSink::File(file)))?)?;
-            sync.sync_all().map_err(|e| e.to_string())
+            // A FIFO or a device has nothing to flush (and fsync fails on it).
+            if sync.metadata().is_ok_and(|m| m.is_file()) {
+                sync.sync_all().map_err(|e| e.to_string())?;
+            }
+            Ok(())
         }
         StreamUri::Exec(command) => {
             let mut child =

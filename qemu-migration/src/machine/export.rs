@@ -68,7 +68,10 @@ pub fn export_machine_to_file(
     ram: &mut dyn RamSource,
     file: &std::fs::File,
 ) -> Result<(), ExportError> {
-    export_machine_to(parts, ram, file, Some(file)).map(drop)
+    // A FIFO or a device cannot be written at offsets: it gets the stream in order.
+    let positional = file.metadata().is_ok_and(|m| m.is_file());
+    let file_at: Option<&dyn PositionalOutput> = if positional { Some(file) } else { None };
+    export_machine_to(parts, ram, file, file_at).map(drop)
 }
 
 fn export_machine_to<W: Write>(
