@@ -260,6 +260,12 @@ fn check_stress(run: &StressRun, npt: bool) {
         // NPT: the CPU walks the guest's page tables itself; a memcpy'd page table is seen at
         // once, so snapvmm (detect_shadow_mmu: npt=Y) must not pay for resets.
         assert_eq!(resets, 0, "{}", job.output);
+        if run.page_tables {
+            // Rounds that change page tables leave translations in the CPU's TLB that the
+            // restored tables no longer give: each such restore flushes it (engine::guest_tlb).
+            let flushes = engine_counter(job, "guest TLB flushes");
+            assert!(flushes > 0 && flushes <= rounds, "{}", job.output);
+        }
     } else if run.page_tables {
         assert!(resets > 0, "{}", job.output);
     }

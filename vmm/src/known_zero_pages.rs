@@ -93,6 +93,12 @@ fn clear_private_copies(host_addr: u64, pages: usize, bits: &mut [u64]) -> io::R
     let mut first = 0;
     while first < pages {
         let count = (pages - first).min(PAGEMAP_CHUNK);
+        // A chunk with no hole in it has nothing to clear (PAGEMAP_CHUNK is a multiple of 64).
+        let words = first / 64..(first + count).div_ceil(64);
+        if bits[words].iter().all(|&word| word == 0) {
+            first += count;
+            continue;
+        }
         let vpn = host_addr / PAGE_SIZE as u64 + first as u64;
         pagemap.read_exact_at(&mut entries[..count * 8], vpn * 8)?;
         for (i, entry) in entries[..count * 8].chunks_exact(8).enumerate() {

@@ -3,13 +3,14 @@
 //! SAVE: finish the guest's MMIO write, capture vCPU, VM and device state, start dirty tracking,
 //! and start the userfaultfd background capture of RAM; the guest runs on at once.
 //! RESTORE: put back the pages written since (KVM dirty ring or log, plus the VMM's own writes),
-//! make a shadow MMU forget page tables it may have cached, then the vCPU, the VM-wide state and
-//! the devices.
+//! make a shadow MMU (or with EPT/NPT the CPU's TLB) forget page tables it may have cached, then
+//! the vCPU, the VM-wide state and the devices.
 //!
 //! By job: `ram_slots` (memslots and RAM mappings), `shadow_mmu` (when a restore must reset the
-//! shadow MMU), `verify` (`--verify-restores`), `stats` (counters). The engine never touches the
+//! shadow MMU or flush the guest TLB), `guest_tlb` (the flush), `verify` (`--verify-restores`), `stats` (counters). The engine never touches the
 //! snapshot device's registers: the `Machine` reports each command's outcome to it.
 
+pub mod guest_tlb;
 pub mod ram_slots;
 pub mod shadow_mmu;
 pub mod stats;
@@ -503,7 +504,12 @@ impl SnapshotEngine {
         }
         // KVM left the segment and control registers in kvm_run at this exit (SYNC_REGS).
         let sregs_now = vm.vcpu.sync_regs().sregs;
-        let full = self.restore_ram(vm, sregs_now.cr3)?;
+        let (full, flush_tlb) = self.restore_ram(vm, sregs_now.cr3)?;
+        if flush_tlb {
+            // Before the vCPU restore below, whose SREGS (the snapshot's CR3) complete it.
+            guest_tlb::flush_guest_tlb(vm.vcpu, &sregs_now)?;
+            self.stats.guest_tlb_flushes += 1;
+        }
         let full = full || self.options.vcpu_restore == VcpuRestore::Full;
         let snapshot = self.snapshot.as_ref().ok_or(EngineError::NoSnapshot)?;
         let full = full || privileged_state_may_differ(&sregs_now, &snapshot.vcpu);
@@ -539,8 +545,9 @@ impl SnapshotEngine {
     }
 
     /// Puts back every page written since the snapshot and brings a shadow MMU in line with the
-    /// restored page tables (see `shadow_mmu`). Returns whether the vCPU must be restored in full.
-    fn restore_ram(&mut self, vm: &mut VmParts, cr3_now: u64) -> Result<bool, EngineError> {
+    /// restored page tables (see `shadow_mmu`). Returns whether the vCPU must be restored in full,
+    /// and whether the guest's TLB must be flushed (EPT/NPT).
+    fn restore_ram(&mut self, vm: &mut VmParts, cr3_now: u64) -> Result<(bool, bool), EngineError> {
         self.tracker.harvest(&mut self.dirty)?;
         self.take_vmm_writes(vm.ram, false)?;
         let snapshot = self.snapshot.as_mut().ok_or(EngineError::NoSnapshot)?;
@@ -573,8 +580,9 @@ impl SnapshotEngine {
         }
         self.stats.pages_restored += self.dirty.len() as u64;
         self.dirty.clear();
+        let flush_tlb = shadow_action == ShadowMmuAction::FlushGuestTlb;
         match shadow_action {
-            ShadowMmuAction::Keep => {}
+            ShadowMmuAction::Keep | ShadowMmuAction::FlushGuestTlb => {}
             ShadowMmuAction::Invalidate(ranges) => {
                 for (gpa, len) in ranges {
                     self.slots.invalidate(gpa, len)?;
@@ -591,7 +599,7 @@ impl SnapshotEngine {
                 self.stats.shadow_mmu_resets += 1;
             }
         }
-        Ok(std::mem::take(&mut self.force_full_restore))
+        Ok((std::mem::take(&mut self.force_full_restore), flush_tlb))
     }
 
     /// `--verify-restores`: compares RAM, vCPU state and device state with the snapshot.

@@ -1,9 +1,12 @@
-//! When a restore must make KVM's shadow MMU forget what it cached.
+//! When a restore must make KVM's shadow MMU, or the CPU's TLB, forget what it cached.
 //!
 //! With a shadow MMU (kvm_pvm here, or kvm_amd/kvm_intel with npt/ept off) KVM keeps its own
 //! copies of the guest's page tables and write-protects them; it does not see the VMM copying
-//! snapshot contents over them. With EPT/NPT the CPU walks the guest's tables itself, and copying
-//! them back is enough.
+//! snapshot contents over them. With EPT/NPT the CPU walks the guest's tables itself and sees the
+//! copied tables at once, but its TLB may still hold what it read from them during the round: a
+//! restore that changed any page of the snapshot's tree **flushes the guest TLB** (`guest_tlb`).
+//! A restore that sets a different CR3 needs nothing more on either MMU: KVM resets its MMU
+//! context and flushes then.
 //!
 //! The policy, for each restore (`ShadowMmuPolicy::plan`):
 //! - CR3 differs from the snapshot's, or a page of the snapshot's page-table tree changed in any
@@ -91,6 +94,8 @@ pub enum ShadowMmuAction {
     /// Drop KVM's translations of these guest-physical ranges (address, length).
     Invalidate(Vec<(u64, u64)>),
     Reset,
+    /// EPT/NPT: the CPU may have cached translations of page tables the restore put back.
+    FlushGuestTlb,
 }
 
 /// A page's entries as 512 words.
@@ -113,13 +118,9 @@ impl ShadowMmuPolicy {
         self.shadow_mmu
     }
 
-    /// The tree to record with a snapshot (nothing to record without a shadow MMU).
+    /// The tree to record with a snapshot.
     pub fn record(&self, vcpu: &VcpuState, ram: &GuestRam, slots: &RamSlots) -> PageTableTree {
-        if self.shadow_mmu {
-            PageTableTree::of(vcpu, ram, slots)
-        } else {
-            PageTableTree::default()
-        }
+        PageTableTree::of(vcpu, ram, slots)
     }
 
     /// What restoring `dirty` to a snapshot with `tree` and `snapshot_cr3`, from a vCPU now at
@@ -134,7 +135,7 @@ impl ShadowMmuPolicy {
         tables: &mut dyn FnMut(usize) -> Option<(TablePage, TablePage)>,
     ) -> ShadowMmuAction {
         if !self.shadow_mmu {
-            return ShadowMmuAction::Keep;
+            return Self::plan_tdp(tree, snapshot_cr3, cr3_now, dirty);
         }
         if cr3_now != snapshot_cr3 {
             return ShadowMmuAction::Reset;
@@ -163,6 +164,27 @@ impl ShadowMmuPolicy {
             ShadowMmuAction::Keep
         } else {
             ShadowMmuAction::Invalidate(ranges)
+        }
+    }
+
+    /// EPT/NPT: any change to the snapshot's tree (A/D bits included: the TLB caches them too)
+    /// may have left translations in the CPU that the restored tables no longer give.
+    fn plan_tdp(
+        tree: &PageTableTree,
+        snapshot_cr3: u64,
+        cr3_now: u64,
+        dirty: &DirtyPages,
+    ) -> ShadowMmuAction {
+        let changed = match &tree.pages {
+            // The vCPU restore writes the snapshot's CR3, and KVM flushes on that.
+            _ if cr3_now != snapshot_cr3 => false,
+            Some(pages) => dirty.iter().any(|page| pages.contains_key(&page)),
+            None => !dirty.is_empty(),
+        };
+        if changed {
+            ShadowMmuAction::FlushGuestTlb
+        } else {
+            ShadowMmuAction::Keep
         }
     }
 }
@@ -217,9 +239,27 @@ mod tests {
             policy.plan(&unknown, 0x3000, 0x3000, &dirty(&[1]), &mut no_tables),
             ShadowMmuAction::Reset
         );
+        // EPT/NPT: a flush when the round changed the tree (A/D bits too), else nothing.
         let hardware = ShadowMmuPolicy { shadow_mmu: false };
+        let hardware_plan = |cr3_now, pages: &[usize], now: TablePage| {
+            hardware.plan(&tree, 0x3000, cr3_now, &dirty(pages), &mut tables_with(now))
+        };
+        assert_eq!(hardware_plan(0x3000, &[10, 11], pd), ShadowMmuAction::Keep);
         assert_eq!(
-            hardware.plan(&unknown, 0x3000, 0x5000, &dirty(&[1]), &mut no_tables),
+            hardware_plan(0x3000, &[10, 3], touched),
+            ShadowMmuAction::FlushGuestTlb
+        );
+        assert_eq!(
+            hardware_plan(0x3000, &[3], moved),
+            ShadowMmuAction::FlushGuestTlb
+        );
+        assert_eq!(hardware_plan(0x5000, &[3], moved), ShadowMmuAction::Keep);
+        assert_eq!(
+            hardware.plan(&unknown, 0x3000, 0x3000, &dirty(&[1]), &mut no_tables),
+            ShadowMmuAction::FlushGuestTlb
+        );
+        assert_eq!(
+            hardware.plan(&unknown, 0x3000, 0x3000, &dirty(&[]), &mut no_tables),
             ShadowMmuAction::Keep
         );
     }

@@ -21,6 +21,8 @@ pub struct EngineStats {
     pub shadow_mmu_resets: u64,
     /// Restores that only had to make KVM forget the pages whose A/D bits they put back.
     pub shadow_mmu_invalidations: u64,
+    /// EPT/NPT: restores that flushed the guest's TLB (the round changed its page tables).
+    pub guest_tlb_flushes: u64,
     pub verified_restores: u64,
     /// Restores that arrived while the background RAM capture was still running.
     pub restores_during_capture: u64,
@@ -39,7 +41,7 @@ impl EngineStats {
             format!(
                 "{} save(s), {} restore(s) ({} during RAM capture, {} with full vCPU state, {} verified), \
                  {} pages restored, {} shadow MMU resets, {} A/D invalidations, {:.1} us per restore in the VMM, \
-                 last SAVE stall {:.2} ms{}{}",
+                 last SAVE stall {:.2} ms{}{}{}",
                 self.saves,
                 self.restores,
                 self.restores_during_capture,
@@ -57,6 +59,11 @@ impl EngineStats {
                 },
                 if self.lapic_restores > 0 {
                     format!(", {} LAPIC restores", self.lapic_restores)
+                } else {
+                    String::new()
+                },
+                if self.guest_tlb_flushes > 0 {
+                    format!(", {} guest TLB flushes", self.guest_tlb_flushes)
                 } else {
                     String::new()
                 }
