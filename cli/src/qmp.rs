@@ -91,7 +91,7 @@ pub enum VmRequest {
 
 /// Where a migration's stream goes.
 pub enum MigrationSink {
-    /// `file:`: written with the pages at their offsets, by several threads.
+    /// `file:`: written with the pages at their offsets, by a writer thread.
     File(std::fs::File),
     /// `exec:`: the command's stdin, in order.
     Pipe(Box<dyn Write + Send>),

@@ -1,4 +1,4 @@
-//! A stream written into a regular file by several threads at once: a stream's RAM records have
+//! A stream written into a regular file by threads at once: a stream's RAM records have
 //! known lengths, so each batch of pages has a known place in the file, and the kernel's copies
 //! of the batches into the file (most of an export's time) run side by side.
 

@@ -222,7 +222,7 @@ impl Machine {
     }
 
     /// `export_qemu_stream` into a file, from its current position, with its pages written by
-    /// several threads at once (see `qemu_stream::StreamOut::File`).
+    /// writer threads (see `qemu_stream::StreamOut::File`).
     pub fn export_qemu_stream_to_file(
         &mut self,
         running: bool,

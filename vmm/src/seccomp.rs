@@ -107,7 +107,7 @@ const VCPU: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
-    // A QEMU stream exported into a file: pages written at their offsets by several threads.
+    // A QEMU stream exported into a file: pages written at their offsets by a writer thread.
     libc::SYS_pwritev,
     libc::SYS_readv,
     libc::SYS_writev,

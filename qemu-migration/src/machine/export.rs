@@ -62,7 +62,7 @@ pub fn export_machine<W: Write>(
 }
 
 /// `export_machine` into a file (at its current position): pages are written at their offsets
-/// by several threads at once (`StreamWriter::write_ram_at`).
+/// by writer threads while the encoder goes on (`StreamWriter::write_ram_at`).
 pub fn export_machine_to_file(
     parts: &ExportParts,
     ram: &mut dyn RamSource,
