@@ -12,6 +12,12 @@
 //! context resets, and one flush at the next entry. No guest instruction runs in between, so the
 //! flipped bit is never used for a walk.
 //!
+//! When: a restore that changed a page of the snapshot's page-table tree (the tree CR3 points to
+//! at the SAVE). Page tables of other address spaces (another process of a Linux guest) are not
+//! known to the VMM: a round that changes only those leaves their entries (tagged by other PCIDs)
+//! cached. Flushing on every restore would cover them, at the price of a TLB refill per round for
+//! every target; the snapshot's own tree is what fuzz targets change.
+//!
 //! With a shadow MMU the policy in `shadow_mmu` applies instead: KVM's shadow pages are the
 //! guest's TLB there, and resets or invalidations of them do the same job.
 
