@@ -11,7 +11,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok install
 for pkg in libclang-dev gcc binutils clang; do have_pkg "$pkg" || missing+=("$pkg"); done
 if [ "$what" = test ]; then
   # afl++: the native baseline the fuzzing benchmark compares snapvmm with.
-  for pkg in cpio xz-utils zstd file busybox-static afl++; do have_pkg "$pkg" || missing+=("$pkg"); done
+  # python3-venv: a venv for QEMU's own QMP client (PyPI qemu.qmp), which the QMP tests drive.
+  for pkg in cpio xz-utils zstd file busybox-static afl++ python3-venv; do have_pkg "$pkg" || missing+=("$pkg"); done
 fi
 
 apt_updated=0
@@ -33,4 +34,14 @@ if [ "$what" = test ] && ! command -v qemu-system-x86_64 >/dev/null; then
   $SUDO apt-get install -y -q --allow-downgrades "qemu-system-x86=$version" "qemu-utils=$version" \
     "qemu-block-extra=$version" >/dev/null \
     || $SUDO apt-get install -y -q qemu-system-x86 >/dev/null
+fi
+
+# QEMU's own Python QMP client and qmp-shell (PyPI qemu.qmp), for cli/tests/qemu_interchange.rs.
+if [ "$what" = test ]; then
+  venv=${SNAPVMM_QMP_VENV:-$HOME/.cache/snapvmm/qmp-venv}
+  if ! "$venv/bin/python" -c "import qemu.qmp" 2>/dev/null; then
+    echo "ensure-deps: installing qemu.qmp into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "qemu.qmp==0.0.6"
+  fi
 fi

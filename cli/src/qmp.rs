@@ -308,6 +308,8 @@ fn serve_connection(server: &Server, stream: UnixStream) -> Connection {
         return Connection::Closed;
     }
     let mut negotiated = false;
+    // Buffered: serde_json reads a reader one byte at a time (a `recvfrom` per byte).
+    let reader = std::io::BufReader::new(reader);
     for message in serde_json::Deserializer::from_reader(reader).into_iter::<Value>() {
         let Ok(message) = message else {
             let _ = send(

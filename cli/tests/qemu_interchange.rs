@@ -811,3 +811,133 @@ fn qmp_server_protocol() {
     let outcome = snapvmm(&["run", "--incoming", &uri, "--timeout", "0.5"]);
     assert_eq!(outcome.status, 68, "{}", outcome.transcript());
 }
+
+/// The Python of the venv `scripts/ensure-deps.sh test` makes for QEMU's own QMP client.
+fn qmp_venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("SNAPVMM_QMP_VENV").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/snapvmm/qmp-venv"),
+        PathBuf::from,
+    );
+    let bin = venv.join("bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: QEMU's Python QMP client (qemu.qmp) is installed by `scripts/ensure-deps.sh test`",
+        bin.display()
+    );
+    bin
+}
+
+/// QEMU's own Python client (`qemu.qmp`'s QMPClient) stops a running snapvmm guest and saves it
+/// with `migrate file:`; `qmp-shell` queries it and quits it; QEMU 7.2 resumes the stream with the
+/// next counter value.
+#[test]
+fn qemu_python_qmp_client_and_qmp_shell_save_a_running_guest() {
+    let _serial = one_at_a_time();
+    let python = qmp_venv_bin("python");
+    let qmp_shell = qmp_venv_bin("qmp-shell");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("py.sock");
+    let serial = dir.path().join("py.serial");
+    let stream = dir.path().join("py.bin");
+    let kernel = guest("counter-tss");
+    let child = Command::new(SNAPVMM)
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--mem",
+            "64M",
+            "--cmdline",
+            CPL3_DELAY,
+        ])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let read_serial =
+        || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    while counts(&read_serial(), "count ").len() < 10 || !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not count: {}",
+            read_serial()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp_python_client.py");
+    let client = Command::new(&python)
+        .arg(script)
+        .arg(&socket)
+        .arg(&stream)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&client.stdout).into_owned();
+    assert!(
+        client.status.success(),
+        "qemu.qmp client: {printed}{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert_eq!(
+        printed,
+        "status running\nmigrate completed\nafter postmigrate\n",
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let before = read_serial();
+
+    let mut shell = Command::new(&qmp_shell)
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"query-status\nquit\n")
+        .unwrap();
+    let shell = shell.wait_with_output().unwrap();
+    let shell_out = String::from_utf8_lossy(&shell.stdout).into_owned();
+    assert!(
+        shell.status.success() && shell_out.contains(r#""status": "postmigrate""#),
+        "qmp-shell: {shell_out}{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
+    let output = child.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // QEMU resumes what the Python client saved (stopped: `cont` first).
+    let incoming = format!("exec:cat {}", stream.display());
+    let mut destination = Vmm::qemu(
+        dir.path(),
+        "destination",
+        "microvm,rtc=on",
+        64,
+        &["-incoming", &incoming],
+    );
+    assert_eq!(
+        destination.qmp().status(),
+        "paused",
+        "{}",
+        destination.stderr()
+    );
+    destination.qmp().execute("cont", json!({}));
+    destination.wait_for_lines("count ", 10, Duration::from_secs(30));
+    let (_, after) = destination.quit();
+    assert_continues(&before, &after, "count ", "counter: start", 10);
+}
