@@ -16,6 +16,7 @@ mod fuzz;
 mod fuzz_jobs;
 mod qemu;
 mod qmp;
+mod qmp_input;
 mod run;
 mod stdin;
 mod termination;

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use vmm::{Machine, VmControl, VmEvent};
 
 use crate::qemu::{shell, StreamUri};
+use crate::qmp_input::{CappedMessages, MessageBytes};
 use crate::run::RunEnd;
 
 /// How long the server waits for the owner thread to act on a request.
@@ -309,8 +310,10 @@ fn serve_connection(server: &Server, stream: UnixStream) -> Connection {
     }
     let mut negotiated = false;
     // Buffered: serde_json reads a reader one byte at a time (a `recvfrom` per byte).
-    let reader = std::io::BufReader::new(reader);
+    let taken = MessageBytes::default();
+    let reader = CappedMessages::new(std::io::BufReader::new(reader), taken.clone());
     for message in serde_json::Deserializer::from_reader(reader).into_iter::<Value>() {
+        taken.message_done();
         let Ok(message) = message else {
             let _ = send(
                 &mut writer,

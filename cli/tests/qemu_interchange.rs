@@ -941,3 +941,67 @@ fn qemu_python_qmp_client_and_qmp_shell_save_a_running_guest() {
     let (_, after) = destination.quit();
     assert_continues(&before, &after, "count ", "counter: start", 10);
 }
+
+/// A QMP message past the size cap (a client that never ends a string) gets an error and its
+/// connection closed; snapvmm keeps its memory and takes the next connection.
+#[test]
+fn qmp_message_past_the_cap_is_refused_and_the_server_goes_on() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cap.sock");
+    let kernel = guest("counter-tss");
+    let child = Command::new(SNAPVMM)
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--mem",
+            "16M",
+            "--cmdline",
+            CPL3_DELAY,
+        ])
+        .arg("--serial")
+        .arg("file:/dev/null")
+        .arg("--qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .arg("--paused")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let mut flood = Qmp::connect(&socket);
+    flood.execute("qmp_capabilities", json!({}));
+    // 64 MiB in one string; the server must cut it off long before the end.
+    let stream = flood.reader.get_mut();
+    stream.write_all(br#"{"execute": ""#).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..64 {
+        if stream.write_all(&chunk).is_err() {
+            break; // the server hung up: what it should do
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = String::new();
+    let _ = flood.reader.read_line(&mut rest);
+    assert!(
+        rest.contains("GenericError"),
+        "no error for an endless message: {rest:?}"
+    );
+    let mut after = String::new();
+    assert_eq!(
+        flood.reader.read_line(&mut after).unwrap_or(0),
+        0,
+        "the connection stayed open: {after:?}"
+    );
+    // The next client is served.
+    let mut qmp = Qmp::connect(&socket);
+    qmp.execute("qmp_capabilities", json!({}));
+    assert_eq!(qmp.status(), "paused");
+    qmp.quit();
+    let output = child.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+}
