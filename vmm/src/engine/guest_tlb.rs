@@ -12,11 +12,12 @@
 //! context resets, and one flush at the next entry. No guest instruction runs in between, so the
 //! flipped bit is never used for a walk.
 //!
-//! When: a restore that changed a page of the snapshot's page-table tree (the tree CR3 points to
-//! at the SAVE). Page tables of other address spaces (another process of a Linux guest) are not
-//! known to the VMM: a round that changes only those leaves their entries (tagged by other PCIDs)
-//! cached. Flushing on every restore would cover them, at the price of a TLB refill per round for
-//! every target; the snapshot's own tree is what fuzz targets change.
+//! When (`shadow_mmu::ShadowMmuPolicy::plan`): a restore that changed a page of the snapshot's
+//! page-table tree (the tree CR3 points to at the SAVE); and, when the guest uses PCIDs (CR4.PCIDE,
+//! Linux does), any restore that put pages back: the CPU then keeps other address spaces'
+//! translations across CR3 switches, and the VMM does not know their tables. Without PCIDs a CR3
+//! switch drops those, so a guest like ours (no PCIDs, the round's tree unchanged) pays no TLB
+//! refill per round.
 //!
 //! With a shadow MMU the policy in `shadow_mmu` applies instead: KVM's shadow pages are the
 //! guest's TLB there, and resets or invalidations of them do the same job.

@@ -64,7 +64,13 @@ pub struct PageTableTree {
     /// `None` when the tree could not be walked (legacy paging, a corrupt tree): every restore
     /// that dirtied anything then resets.
     pages: Option<HashMap<usize, Option<u32>>>,
+    /// CR4.PCIDE at the SAVE: the CPU then keeps other address spaces' translations across CR3
+    /// switches (EPT/NPT: see `plan_tdp`).
+    pcid: bool,
 }
+
+/// CR4.PCIDE.
+const CR4_PCIDE: u64 = 1 << 17;
 
 impl PageTableTree {
     /// Walks the tree `vcpu`'s CR3 points to in `ram`.
@@ -83,7 +89,10 @@ impl PageTableTree {
                 .map(|(gpa, level)| slots.layout_page(gpa).map(|page| (page, level)))
                 .collect::<Option<HashMap<usize, Option<u32>>>>()
         });
-        PageTableTree { pages }
+        PageTableTree {
+            pages,
+            pcid: sregs.cr4 & CR4_PCIDE != 0,
+        }
     }
 }
 
@@ -135,7 +144,7 @@ impl ShadowMmuPolicy {
         tables: &mut dyn FnMut(usize) -> Option<(TablePage, TablePage)>,
     ) -> ShadowMmuAction {
         if !self.shadow_mmu {
-            return Self::plan_tdp(tree, snapshot_cr3, cr3_now, dirty);
+            return Self::plan_tdp(tree, snapshot_cr3, cr3_now, dirty, tables);
         }
         if cr3_now != snapshot_cr3 {
             return ShadowMmuAction::Reset;
@@ -168,17 +177,26 @@ impl ShadowMmuPolicy {
     }
 
     /// EPT/NPT: any change to the snapshot's tree (A/D bits included: the TLB caches them too)
-    /// may have left translations in the CPU that the restored tables no longer give.
+    /// may have left translations in the CPU that the restored tables no longer give. With PCIDs
+    /// the CPU also keeps what it read from other address spaces' tables (another process, a
+    /// second tree the round built and left), which the VMM does not know: then any restored page
+    /// may have been one of them, and every restore that put pages back flushes. Without PCIDs
+    /// a CR3 switch flushes them, and only the snapshot's own tree matters.
     fn plan_tdp(
         tree: &PageTableTree,
         snapshot_cr3: u64,
         cr3_now: u64,
         dirty: &DirtyPages,
+        tables: &mut dyn FnMut(usize) -> Option<(TablePage, TablePage)>,
     ) -> ShadowMmuAction {
         let changed = match &tree.pages {
             // The vCPU restore writes the snapshot's CR3, and KVM flushes on that.
             _ if cr3_now != snapshot_cr3 => false,
-            Some(pages) => dirty.iter().any(|page| pages.contains_key(&page)),
+            _ if tree.pcid => !dirty.is_empty(),
+            // A table page written with what it held (the dirty log cannot tell) changed nothing.
+            Some(pages) => dirty.iter().any(|page| {
+                pages.contains_key(&page) && tables(page).is_none_or(|(now, then)| now != then)
+            }),
             None => !dirty.is_empty(),
         };
         if changed {
@@ -211,6 +229,7 @@ mod tests {
         // Page 3 is a page directory mapping a 2 MiB page at 0x40_0000; page 4 is a PML4.
         let tree = PageTableTree {
             pages: Some([(3usize, Some(2)), (4, Some(4))].into_iter().collect()),
+            pcid: false,
         };
         let mut pd = [0u64; 512];
         pd[2] = 0x40_0000 | PRESENT | HUGE;
@@ -245,6 +264,7 @@ mod tests {
             hardware.plan(&tree, 0x3000, cr3_now, &dirty(pages), &mut tables_with(now))
         };
         assert_eq!(hardware_plan(0x3000, &[10, 11], pd), ShadowMmuAction::Keep);
+        assert_eq!(hardware_plan(0x3000, &[3], pd), ShadowMmuAction::Keep);
         assert_eq!(
             hardware_plan(0x3000, &[10, 3], touched),
             ShadowMmuAction::FlushGuestTlb
@@ -260,6 +280,19 @@ mod tests {
         );
         assert_eq!(
             hardware.plan(&unknown, 0x3000, 0x3000, &dirty(&[]), &mut no_tables),
+            ShadowMmuAction::Keep
+        );
+        // With PCIDs, any restored page may have been another address space's table.
+        let with_pcid = PageTableTree {
+            pcid: true,
+            ..tree.clone()
+        };
+        assert_eq!(
+            hardware.plan(&with_pcid, 0x3000, 0x3000, &dirty(&[10]), &mut no_tables),
+            ShadowMmuAction::FlushGuestTlb
+        );
+        assert_eq!(
+            hardware.plan(&with_pcid, 0x3000, 0x3000, &dirty(&[]), &mut no_tables),
             ShadowMmuAction::Keep
         );
     }
