@@ -165,10 +165,11 @@ mod tests {
                     libc::MAP_SHARED
                 },
             );
-            // A private copy of page 5 (a hole in the file), and a read of page 6.
+            // A private copy of page 5 (a hole in the file), and a read of page 6. Volatile: only
+            // the kernel looks at these pages before the end (pagemap).
             // SAFETY: both pages lie in the 16-page mapping.
             unsafe {
-                addr.add(5 * PAGE_SIZE).write(1);
+                addr.add(5 * PAGE_SIZE).write_volatile(1);
                 let _ = addr.add(6 * PAGE_SIZE).read_volatile();
             }
             let backing = RamBacking {
@@ -190,7 +191,12 @@ mod tests {
                 "memfd {memfd}, private {private}: {zero:?}"
             );
             assert!(!known.contains(0x0f_f000) && !known.contains(gpa(16)));
-            assert!(known.count() > 0, "memfd {memfd}, private {private}");
+            // On a disk file, fault-around may map every page of the file's page cache into the
+            // private mapping (present: not known zero, which only costs reading them).
+            assert!(
+                !memfd || known.count() > 0,
+                "memfd {memfd}, private {private}"
+            );
             // Every page it calls zero reads as zero (reading a hole through the mapping fills
             // it, so this comes last).
             for page in 0..16 {
