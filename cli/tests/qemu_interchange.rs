@@ -296,6 +296,65 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
+/// `snapvmm run` of the CPL3 counter with a QMP socket `dir/NAME.sock`, serial into
+/// `dir/NAME.serial`, and no client connected (the test brings its own); `extra` after.
+fn counter_with_qmp_socket(
+    dir: &Path,
+    name: &str,
+    mem: &str,
+    extra: &[&str],
+) -> (KillOnDrop, PathBuf, PathBuf) {
+    let socket = dir.join(format!("{name}.sock"));
+    let serial = dir.join(format!("{name}.serial"));
+    let kernel = guest("counter-tss");
+    let child = Command::new(SNAPVMM)
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--mem",
+            mem,
+            "--cmdline",
+            CPL3_DELAY,
+        ])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (KillOnDrop(Some(child)), socket, serial)
+}
+
+/// QEMU 7.2 (`microvm`) loads `stream`, saved stopped, waits for `cont` without running, then
+/// prints `lines` lines of `prefix`; returns its serial output.
+fn qemu_resumes(dir: &Path, stream: &Path, prefix: &str, lines: usize) -> String {
+    let incoming = format!("exec:cat {}", stream.display());
+    let mut destination = Vmm::qemu(
+        dir,
+        "destination",
+        "microvm,rtc=on",
+        64,
+        &["-incoming", &incoming],
+    );
+    // Saved stopped: QEMU waits for `cont`, and nothing runs before it.
+    assert_eq!(
+        destination.qmp().status(),
+        "paused",
+        "{}",
+        destination.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counts(&destination.output(), prefix), Vec::<u64>::new());
+    destination.qmp().execute("cont", json!({}));
+    destination.wait_for_lines(prefix, lines, Duration::from_secs(30));
+    destination.quit().1
+}
+
 /// The source printed `before`, the destination `after` (the serial byte stream continues where
 /// it was cut, even inside a line): together they must count 1, 2, 3, ... with no gap, no repeat
 /// and one start banner, and the destination must have counted on by at least `min_more`.
@@ -349,26 +408,7 @@ fn snapvmm_to_qemu(guest_name: &str, cmdline: &str, prefix: &str, banner: &str) 
     let (status, before) = source.quit();
     assert_eq!(status, 0, "snapvmm after quit: {source_stderr}");
 
-    let incoming = format!("exec:cat {}", stream.display());
-    let mut destination = Vmm::qemu(
-        dir.path(),
-        "destination",
-        "microvm,rtc=on",
-        64,
-        &["-incoming", &incoming],
-    );
-    // Saved stopped: QEMU waits for `cont`, and nothing runs before it.
-    assert_eq!(
-        destination.qmp().status(),
-        "paused",
-        "{}",
-        destination.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(counts(&destination.output(), prefix), Vec::<u64>::new());
-    destination.qmp().execute("cont", json!({}));
-    destination.wait_for_lines(prefix, 20, Duration::from_secs(30));
-    let (_, after) = destination.quit();
+    let after = qemu_resumes(dir.path(), &stream, prefix, 20);
     assert_continues(&before, &after, prefix, banner, 20);
 }
 
@@ -738,30 +778,8 @@ fn run_with_backtrace(args: &[&str]) -> Outcome {
 fn qmp_server_protocol() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("raw.sock");
-    let kernel = guest("counter-tss");
-    let serial = dir.path().join("raw.serial");
-    let child = Command::new(SNAPVMM)
-        .args([
-            "run",
-            "--kernel",
-            &kernel,
-            "--mem",
-            "16M",
-            "--cmdline",
-            CPL3_DELAY,
-        ])
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("--qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .arg("--paused")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(Some(child));
+    let (mut child, socket, serial) =
+        counter_with_qmp_socket(dir.path(), "raw", "16M", &["--paused"]);
     let mut qmp = Qmp::connect(&socket);
     let early = qmp.request("query-status", json!({}));
     assert_eq!(early["error"]["class"], "CommandNotFound", "{early}");
@@ -836,30 +854,8 @@ fn qemu_python_qmp_client_and_qmp_shell_save_a_running_guest() {
     let python = qmp_venv_bin("python");
     let qmp_shell = qmp_venv_bin("qmp-shell");
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("py.sock");
-    let serial = dir.path().join("py.serial");
     let stream = dir.path().join("py.bin");
-    let kernel = guest("counter-tss");
-    let child = Command::new(SNAPVMM)
-        .args([
-            "run",
-            "--kernel",
-            &kernel,
-            "--mem",
-            "64M",
-            "--cmdline",
-            CPL3_DELAY,
-        ])
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("--qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(Some(child));
+    let (mut child, socket, serial) = counter_with_qmp_socket(dir.path(), "py", "64M", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let read_serial =
         || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
@@ -921,24 +917,8 @@ fn qemu_python_qmp_client_and_qmp_shell_save_a_running_guest() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    // QEMU resumes what the Python client saved (stopped: `cont` first).
-    let incoming = format!("exec:cat {}", stream.display());
-    let mut destination = Vmm::qemu(
-        dir.path(),
-        "destination",
-        "microvm,rtc=on",
-        64,
-        &["-incoming", &incoming],
-    );
-    assert_eq!(
-        destination.qmp().status(),
-        "paused",
-        "{}",
-        destination.stderr()
-    );
-    destination.qmp().execute("cont", json!({}));
-    destination.wait_for_lines("count ", 10, Duration::from_secs(30));
-    let (_, after) = destination.quit();
+    // QEMU resumes what the Python client saved.
+    let after = qemu_resumes(dir.path(), &stream, "count ", 10);
     assert_continues(&before, &after, "count ", "counter: start", 10);
 }
 
@@ -948,29 +928,7 @@ fn qemu_python_qmp_client_and_qmp_shell_save_a_running_guest() {
 fn qmp_message_past_the_cap_is_refused_and_the_server_goes_on() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("cap.sock");
-    let kernel = guest("counter-tss");
-    let child = Command::new(SNAPVMM)
-        .args([
-            "run",
-            "--kernel",
-            &kernel,
-            "--mem",
-            "16M",
-            "--cmdline",
-            CPL3_DELAY,
-        ])
-        .arg("--serial")
-        .arg("file:/dev/null")
-        .arg("--qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .arg("--paused")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(Some(child));
+    let (mut child, socket, _) = counter_with_qmp_socket(dir.path(), "cap", "16M", &["--paused"]);
     let mut flood = Qmp::connect(&socket);
     flood.execute("qmp_capabilities", json!({}));
     // 64 MiB in one string; the server must cut it off long before the end.
