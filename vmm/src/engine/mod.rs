@@ -7,8 +7,9 @@
 //! the vCPU, the VM-wide state and the devices.
 //!
 //! By job: `ram_slots` (memslots and RAM mappings), `shadow_mmu` (when a restore must reset the
-//! shadow MMU or flush the guest TLB), `guest_tlb` (the flush), `verify` (`--verify-restores`), `stats` (counters). The engine never touches the
-//! snapshot device's registers: the `Machine` reports each command's outcome to it.
+//! shadow MMU or flush the guest TLB), `guest_tlb` (the flush), `verify` (`--verify-restores`),
+//! `stats` (counters). The engine never touches the snapshot device's registers: the `Machine`
+//! reports each command's outcome to it.
 
 pub mod guest_tlb;
 pub mod ram_slots;
